@@ -1,0 +1,36 @@
+# Makefile for audit_db (PGXS).
+#
+#   make                      build the shared library and the install script
+#   make install              install into the PostgreSQL found by pg_config
+#   make installcheck         run the pg_regress suites in sql/ against a running server
+#
+# The install script audit_db--<version>.sql is generated from src/sql/*.sql
+# (one file per concern, concatenated in name order).
+
+EXTENSION   = audit_db
+EXTVERSION  = $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+
+MODULE_big  = audit_db
+OBJS        = src/audit_db.o \
+              src/audit_log_columns.o \
+              src/hashing.o \
+              src/row_stamping.o \
+              src/immutability.o \
+              src/event_api.o
+
+DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
+DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
+
+REGRESS     = install audit_log hashing immutability presets privileges
+REGRESS_OPTS = --inputdir=. --outputdir=results_dir
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK  = -lcrypto
+EXTRA_CLEAN = results_dir
+
+PG_CONFIG  ?= pg_config
+PGXS       := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard src/sql/[0-9]*.sql)) $(EXTENSION).control
+	cat $(sort $(wildcard src/sql/[0-9]*.sql)) > $@

@@ -1,0 +1,74 @@
+/*-------------------------------------------------------------------------
+ *
+ * hashing.h
+ *	  Hash format v1 of audit rows: the canonical, length-prefixed,
+ *	  domain-separated encoding of a row, its salted commitment to the
+ *	  personal fields, its leaf hash (SHA-256), and the salt source.
+ *
+ * docs/hash-format.md specifies the encoding byte by byte; keep the two in
+ * step, together with test/vectors/ and the independent implementation in
+ * test/hash_vectors.py.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AUDIT_HASHING_H
+#define AUDIT_HASHING_H
+
+#include "lib/stringinfo.h"
+
+#include "audit_log_columns.h"
+
+#define AUDIT_HASH_LEN		32	/* SHA-256 output */
+#define AUDIT_SALT_LEN		16	/* personal-data salt of one row */
+
+/* Domain tags: change them only together with docs/hash-format.md. */
+#define AUDIT_LEAF_PREFIX		0x00
+#define AUDIT_COMMIT_PREFIX		0x02
+#define AUDIT_LEAF_DOMAIN		"audit_db.leaf.v1"
+#define AUDIT_COMMIT_DOMAIN		"audit_db.personal.v1"
+
+/*
+ * audit_sha256
+ *		SHA-256 of len bytes at data into out.  Errors out (never returns a
+ *		wrong digest) if the crypto library fails.
+ */
+extern void audit_sha256(const void *data, size_t len, uint8 out[AUDIT_HASH_LEN]);
+
+/*
+ * audit_random_salt
+ *		AUDIT_SALT_LEN bytes from a cryptographically strong source.
+ */
+extern void audit_random_salt(uint8 out[AUDIT_SALT_LEN]);
+
+/*
+ * audit_encode_commitment_input / audit_encode_leaf_input
+ *		Append to buf the exact bytes that are hashed into the commitment
+ *		and the leaf of the row given by values/nulls under map.  The
+ *		commitment input needs a salt in the row; the leaf input takes the
+ *		commitment as an argument.  *details_len (may be NULL) receives the
+ *		length of the canonical details text.
+ */
+extern void audit_encode_commitment_input(StringInfo buf, Datum *values, bool *nulls,
+										  const AuditColumnMap *map, int *details_len);
+extern void audit_encode_leaf_input(StringInfo buf, Datum *values, bool *nulls,
+									const AuditColumnMap *map,
+									const uint8 commitment[AUDIT_HASH_LEN]);
+
+/*
+ * audit_row_commitment
+ *		The row's commitment to its personal fields: computed from the salt
+ *		when the row still has one, else the stored commitment of a redacted
+ *		row.  Errors out if the row has neither.
+ */
+extern void audit_row_commitment(Datum *values, bool *nulls, const AuditColumnMap *map,
+								 uint8 out[AUDIT_HASH_LEN], int *details_len);
+
+/*
+ * audit_row_leaf_hash
+ *		The leaf hash of the row, given its commitment.
+ */
+extern void audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap *map,
+								const uint8 commitment[AUDIT_HASH_LEN],
+								uint8 out[AUDIT_HASH_LEN]);
+
+#endif							/* AUDIT_HASHING_H */

@@ -1,0 +1,174 @@
+/*-------------------------------------------------------------------------
+ *
+ * row_stamping.c
+ *	  BEFORE INSERT row trigger of audit.audit_log (and, by cloning, of
+ *	  every partition): validate the row, then overwrite the fields that
+ *	  only audit_db may set:
+ *
+ *		id							next value of audit.audit_log_id_seq
+ *		transaction_id				64-bit id of the inserting top-level
+ *									transaction (the sealer orders rows by it)
+ *		hash_algorithm				'SHA-256'
+ *		personal_data_salt			16 fresh random bytes
+ *		personal_data_commitment	NULL (set only by redaction)
+ *		archived_at					NULL (set only by archival)
+ *		hash						leaf hash of hash format v1
+ *
+ * The path takes no lock and reads no other row: the cost of an audit row
+ * over a plain one is this function, two SHA-256 computations over a few
+ * hundred bytes and a wider tuple.  Rows are linked into the chain later,
+ * by the sealer, once their transactions have finished.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "audit_db.h"
+#include "audit_log_columns.h"
+#include "hashing.h"
+#include "row_stamping.h"
+
+static bytea *make_bytea(const uint8 *data, int len);
+static void check_enumerated(Datum value, bool isnull, AuditColumn column,
+							 const char *const *list, int count);
+
+/*
+ * make_bytea
+ *		A bytea holding len bytes of data, in the current memory context.
+ */
+static bytea *
+make_bytea(const uint8 *data, int len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), data, len);
+	return b;
+}
+
+/*
+ * check_enumerated
+ *		Error out, naming the column and the accepted values, unless the
+ *		text value is one of list.  NULL is left to the NOT NULL constraint.
+ */
+static void
+check_enumerated(Datum value, bool isnull, AuditColumn column,
+				 const char *const *list, int count)
+{
+	text	   *t;
+
+	if (isnull)
+		return;
+	t = DatumGetTextPP(value);
+	if (!audit_value_in_list(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), list, count))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid %s \"%s\" for an audit event",
+						audit_column_names[column], text_to_cstring(t)),
+				 errhint("%s must be one of %s.", audit_column_names[column],
+						 audit_list_to_string(list, count))));
+}
+
+PG_FUNCTION_INFO_V1(audit_stamp_row);
+
+/*
+ * audit_stamp_row
+ *		Trigger function audit.stamp_audit_row(): BEFORE INSERT FOR EACH ROW
+ *		only.  Returns the stamped row; raises on invalid input, so a bad
+ *		event is refused whole and nothing is half-written.
+ */
+Datum
+audit_stamp_row(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	const AuditColumnMap *map;
+	HeapTuple	oldtuple;
+	HeapTuple	newtuple;
+	Datum	   *values;
+	bool	   *nulls;
+	uint8		salt[AUDIT_SALT_LEN];
+	uint8		commitment[AUDIT_HASH_LEN];
+	uint8		leaf[AUDIT_HASH_LEN];
+	int			details_len = 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("audit.stamp_audit_row() must be fired BEFORE INSERT FOR EACH ROW"),
+				 errhint("It is installed on audit.audit_log by the extension; do not attach it elsewhere.")));
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	map = audit_columns_for_relation(rel);
+	oldtuple = trigdata->tg_trigtuple;
+
+	values = palloc(tupdesc->natts * sizeof(Datum));
+	nulls = palloc(tupdesc->natts * sizeof(bool));
+	heap_deform_tuple(oldtuple, tupdesc, values, nulls);
+
+#define SET(c, v)	(values[map->attno[c]] = (v), nulls[map->attno[c]] = false)
+#define SETNULL(c)	(values[map->attno[c]] = (Datum) 0, nulls[map->attno[c]] = true)
+
+	/* Validate what the writer chose. */
+	check_enumerated(values[map->attno[AC_STATUS]], nulls[map->attno[AC_STATUS]],
+					 AC_STATUS, audit_status_values, audit_status_count);
+	check_enumerated(values[map->attno[AC_DATA_CLASSIFICATION]],
+					 nulls[map->attno[AC_DATA_CLASSIFICATION]],
+					 AC_DATA_CLASSIFICATION, audit_classification_values,
+					 audit_classification_count);
+	if (!nulls[map->attno[AC_PROCESSING_LATENCY]] &&
+		DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]]) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid processing_latency %d for an audit event",
+						DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]])),
+				 errhint("processing_latency is a duration in milliseconds and cannot be negative.")));
+	if (!nulls[map->attno[AC_TIMESTAMP]] &&
+		TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]])))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("audit event timestamp must be finite"),
+				 errhint("Pass the time the event happened, or omit it to use now().")));
+
+	/* Overwrite what only audit_db may set. */
+	SET(AC_ID, Int64GetDatum(nextval_internal(map->seq_relid, false)));
+	SET(AC_TRANSACTION_ID,
+		Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId())));
+	SET(AC_HASH_ALGORITHM, CStringGetTextDatum(AUDIT_HASH_ALGORITHM));
+	SETNULL(AC_ARCHIVED_AT);
+	SETNULL(AC_PERSONAL_DATA_COMMITMENT);
+	audit_random_salt(salt);
+	SET(AC_PERSONAL_DATA_SALT, PointerGetDatum(make_bytea(salt, AUDIT_SALT_LEN)));
+
+	audit_row_commitment(values, nulls, map, commitment, &details_len);
+	if (details_len > audit_max_details_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("audit event details are %d bytes, more than audit_db.max_details_bytes (%d)",
+						details_len, audit_max_details_bytes),
+				 errhint("Keep large payloads elsewhere and reference them from details, or ask a superuser to raise audit_db.max_details_bytes.")));
+
+	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
+	SET(AC_HASH, PointerGetDatum(make_bytea(leaf, AUDIT_HASH_LEN)));
+
+#undef SET
+#undef SETNULL
+
+	newtuple = heap_form_tuple(tupdesc, values, nulls);
+	newtuple->t_self = oldtuple->t_self;
+	newtuple->t_tableOid = oldtuple->t_tableOid;
+	return PointerGetDatum(newtuple);
+}

@@ -1,0 +1,135 @@
+-- The audit log: one row per event, range-partitioned by month on "timestamp".
+
+CREATE SEQUENCE audit.audit_log_id_seq AS bigint;
+
+CREATE TABLE audit.audit_log (
+  -- Set by audit_db (the stamping trigger overwrites whatever the writer passes):
+  id                       bigint       NOT NULL,
+  -- The event:
+  "timestamp"              timestamptz  NOT NULL DEFAULT now(),
+  principal_id             varchar(255),
+  organization_id          varchar(255),
+  action                   varchar(255) NOT NULL,
+  target_resource_type     varchar(255),
+  target_resource_id       varchar(255),
+  status                   varchar(16)  NOT NULL,
+  outcome_description      varchar(4000),
+  hash                     bytea        NOT NULL,
+  hash_algorithm           varchar(50)  NOT NULL DEFAULT 'SHA-256',
+  event_version            varchar(20)  NOT NULL DEFAULT '1.0',
+  correlation_id           varchar(255),
+  data_classification      varchar(20)  NOT NULL DEFAULT 'INTERNAL',
+  retention_policy         varchar(50)  NOT NULL DEFAULT 'standard',
+  processing_latency       integer,
+  archived_at              timestamptz,
+  details                  jsonb,
+  -- What the hash chain needs (set by audit_db):
+  transaction_id           bigint       NOT NULL,
+  personal_data_salt       bytea,
+  personal_data_commitment bytea,
+
+  CONSTRAINT audit_log_status_check
+    CHECK (status IN ('attempt', 'success', 'failure')),
+  CONSTRAINT audit_log_data_classification_check
+    CHECK (data_classification IN ('PUBLIC', 'INTERNAL', 'CONFIDENTIAL', 'PHI', 'FINANCIAL')),
+  CONSTRAINT audit_log_processing_latency_check
+    CHECK (processing_latency >= 0),
+  CONSTRAINT audit_log_timestamp_check
+    CHECK (isfinite("timestamp")),
+  CONSTRAINT audit_log_hash_algorithm_check
+    CHECK (hash_algorithm = 'SHA-256'),
+  CONSTRAINT audit_log_hash_check
+    CHECK (octet_length(hash) = 32),
+  CONSTRAINT audit_log_personal_data_check
+    CHECK ((personal_data_salt IS NULL) <> (personal_data_commitment IS NULL)
+           AND coalesce(octet_length(personal_data_salt), 16) = 16
+           AND coalesce(octet_length(personal_data_commitment), 32) = 32)
+) PARTITION BY RANGE ("timestamp");
+
+ALTER SEQUENCE audit.audit_log_id_seq OWNED BY audit.audit_log.id;
+
+COMMENT ON TABLE audit.audit_log IS
+  'Append-only audit events; each row carries a SHA-256 leaf hash (docs/hash-format.md)';
+COMMENT ON COLUMN audit.audit_log.id IS 'Event id, from audit.audit_log_id_seq; assigned by audit_db';
+COMMENT ON COLUMN audit.audit_log."timestamp" IS 'When the event happened (defaults to the transaction start)';
+COMMENT ON COLUMN audit.audit_log.status IS 'attempt, success or failure';
+COMMENT ON COLUMN audit.audit_log.hash IS 'SHA-256 leaf hash of the row (hash format v1); assigned by audit_db';
+COMMENT ON COLUMN audit.audit_log.data_classification IS 'PUBLIC, INTERNAL, CONFIDENTIAL, PHI or FINANCIAL';
+COMMENT ON COLUMN audit.audit_log.processing_latency IS 'Milliseconds the audited operation took; not negative';
+COMMENT ON COLUMN audit.audit_log.transaction_id IS
+  '64-bit id of the inserting top-level transaction (epoch << 32 | xid); orders rows for sealing';
+COMMENT ON COLUMN audit.audit_log.personal_data_salt IS
+  'Random salt of the commitment to the personal fields; destroyed when the row is redacted';
+COMMENT ON COLUMN audit.audit_log.personal_data_commitment IS
+  'Commitment to the personal fields, kept only for redacted rows (whose salt is gone)';
+
+-- Access patterns: an organization's events over time; a principal's actions;
+-- all events of one request or workflow.
+CREATE INDEX audit_log_organization_time_idx ON audit.audit_log (organization_id, "timestamp");
+CREATE INDEX audit_log_principal_action_idx ON audit.audit_log (principal_id, action);
+CREATE INDEX audit_log_correlation_idx ON audit.audit_log (correlation_id);
+
+CREATE TRIGGER audit_log_stamp
+  BEFORE INSERT ON audit.audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit.stamp_audit_row();
+CREATE TRIGGER audit_log_refuse_update
+  BEFORE UPDATE ON audit.audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
+CREATE TRIGGER audit_log_refuse_delete
+  BEFORE DELETE ON audit.audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
+CREATE TRIGGER audit_log_refuse_truncate
+  BEFORE TRUNCATE ON audit.audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change();
+-- ALWAYS: session_replication_role = replica must not switch them off.
+ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_stamp;
+ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_update;
+ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_delete;
+ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
+
+-- audit.ensure_month_partition(at): the partition of audit.audit_log that holds
+-- the UTC calendar month of "at", created (with its guards) if missing.
+-- Bounds are UTC month starts whatever the session's TimeZone.
+CREATE FUNCTION audit.ensure_month_partition(at timestamptz)
+RETURNS regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  month_start timestamptz := date_trunc('month', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+  month_end   timestamptz := (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+  part_name   text := 'audit_log_' || to_char(at AT TIME ZONE 'UTC', 'YYYY_MM');
+  part        regclass;
+BEGIN
+  IF at IS NULL OR NOT isfinite(at) THEN
+    RAISE EXCEPTION 'cannot create an audit_log partition for %', coalesce(at::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a finite timestamp inside the month to create.';
+  END IF;
+
+  part := to_regclass(format('audit.%I', part_name));
+  IF part IS NOT NULL THEN
+    RETURN part;
+  END IF;
+
+  EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.audit_log FOR VALUES FROM (%L) TO (%L)',
+                 part_name, month_start, month_end);
+  part := format('audit.%I', part_name)::regclass;
+  -- Statement-level TRUNCATE triggers are not cloned to partitions.
+  EXECUTE format('CREATE TRIGGER audit_log_refuse_truncate BEFORE TRUNCATE ON %s '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change()', part);
+  EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER audit_log_refuse_truncate', part);
+  RETURN part;
+END
+$$;
+COMMENT ON FUNCTION audit.ensure_month_partition(timestamptz) IS
+  'Create (if missing) and return the monthly partition of audit.audit_log holding the given time';
+
+-- The default partition catches events outside every monthly partition.
+CREATE TABLE audit.audit_log_default PARTITION OF audit.audit_log DEFAULT;
+CREATE TRIGGER audit_log_refuse_truncate BEFORE TRUNCATE ON audit.audit_log_default
+  FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change();
+ALTER TABLE audit.audit_log_default ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
+
+SELECT audit.ensure_month_partition(now());
+SELECT audit.ensure_month_partition(now() + interval '1 month');

@@ -1,0 +1,34 @@
+-- Privileges: nothing for PUBLIC; two roles for the two common jobs.
+--   audit_db_writer   may log events (INSERT, audit.log_event) and nothing else
+--   audit_db_auditor  may read the audit trail and presets, and write nothing
+-- The roles are cluster-wide: created if missing, granted in this database.
+-- DROP EXTENSION leaves them (drop them by hand once no database uses them).
+
+REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_writer') THEN
+    CREATE ROLE audit_db_writer NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_auditor') THEN
+    CREATE ROLE audit_db_auditor NOLOGIN;
+  END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA audit TO audit_db_writer, audit_db_auditor;
+
+-- Writer: INSERT (and the id back through RETURNING), presets to apply them.
+GRANT INSERT ON audit.audit_log TO audit_db_writer;
+GRANT SELECT (id) ON audit.audit_log TO audit_db_writer;
+GRANT SELECT ON audit.audit_preset TO audit_db_writer;
+GRANT EXECUTE ON FUNCTION audit.log_event(text, text, text, text, text, text, text, text, text, text, integer, jsonb, text, timestamptz, text) TO audit_db_writer;
+
+-- Auditor: read everything, recompute hashes.
+GRANT SELECT ON audit.audit_log, audit.audit_preset TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.leaf_hash(audit.audit_log),
+                          audit.leaf_encoding(audit.audit_log),
+                          audit.commitment_encoding(audit.audit_log) TO audit_db_auditor;
