@@ -47,6 +47,7 @@
 
 #include "audit_db.h"
 #include "event_api.h"
+#include "row_stamping.h"
 
 /* Fields of an event, in the argument order of audit.log_event(). */
 typedef enum EventField
@@ -644,16 +645,16 @@ check_rules(EventDraft *ev, const Preset *preset)
 
 /*
  * insert_event
- *		INSERT the event into audit.audit_log and return its id.  Runs
- *		inside the caller's SPI connection, as the calling role.
+ *		INSERT the event into audit.audit_log and return its id, as stamped
+ *		by the trigger.  Runs inside the caller's SPI connection, as the
+ *		calling role, which needs INSERT on audit.audit_log but no SELECT.
  */
 static int64
 insert_event(EventDraft *ev)
 {
 	Datum		args[EF_NUM_FIELDS];
 	char		argnulls[EF_NUM_FIELDS];
-	bool		isnull;
-	Datum		id;
+	int64		before = audit_last_stamped_id();
 
 	if (insert_plan == NULL)
 	{
@@ -673,7 +674,7 @@ insert_event(EventDraft *ev)
 			appendStringInfo(&sql, "%s$%d", f > 0 ? ", " : "", f + 1);
 			types[f] = event_fields[f].typid;
 		}
-		appendStringInfoString(&sql, ") RETURNING id");
+		appendStringInfoString(&sql, ")");
 
 		plan = SPI_prepare(sql.data, EF_NUM_FIELDS, types);
 		if (plan == NULL)
@@ -689,12 +690,14 @@ insert_event(EventDraft *ev)
 		argnulls[f] = ev->isnull[f] ? 'n' : ' ';
 	}
 
-	if (SPI_execute_plan(insert_plan, args, argnulls, false, 1) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "event insert did not return one row");
+	if (SPI_execute_plan(insert_plan, args, argnulls, false, 1) != SPI_OK_INSERT ||
+		SPI_processed != 1 || audit_last_stamped_id() == before)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("audit event was not stamped by audit_db"),
+				 errhint("The trigger audit_log_stamp on audit.audit_log is missing or disabled; reinstall the extension.")));
 
-	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return DatumGetInt64(id);
+	return audit_last_stamped_id();
 }
 
 PG_FUNCTION_INFO_V1(audit_log_event);
@@ -893,6 +896,22 @@ audit_check_preset(PG_FUNCTION_ARGS)
 
 	d = heap_getattr(tuple, SPI_fnumber(desc, "name"), desc, &isnull);
 	name = isnull ? "(null)" : TextDatumGetCString(d);
+	if (isnull || name[0] == '\0')
+		preset_error(name, "a preset needs a non-empty name",
+					 "Events refer to presets by name: audit.log_event(preset => 'name', ...).");
+
+	d = heap_getattr(tuple, SPI_fnumber(desc, "data_classification"), desc, &isnull);
+	if (!isnull)
+	{
+		text	   *t = DatumGetTextPP(d);
+
+		if (!audit_value_in_list(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+								 audit_classification_values, audit_classification_count))
+			preset_error(name, psprintf("invalid data_classification \"%s\"", text_to_cstring(t)),
+						 psprintf("data_classification must be one of %s, or NULL to leave it to the event.",
+								  audit_list_to_string(audit_classification_values,
+													   audit_classification_count)));
+	}
 
 	/* default_values: object of defaultable fields -> values of the right shape */
 	d = heap_getattr(tuple, SPI_fnumber(desc, "default_values"), desc, &isnull);

@@ -36,6 +36,19 @@
 #include "hashing.h"
 #include "row_stamping.h"
 
+/*
+ * Columns an event must have.  NOT NULL constraints back them up; checking
+ * here gives a hint and keeps the row (maybe personal data) out of the
+ * error's DETAIL and so out of the server log.
+ */
+static const AuditColumn required_columns[] = {
+	AC_TIMESTAMP, AC_ACTION, AC_STATUS, AC_EVENT_VERSION,
+	AC_DATA_CLASSIFICATION, AC_RETENTION_POLICY
+};
+
+/* Id of the last row this backend stamped (0: none yet). */
+static int64 last_stamped_id = 0;
+
 static bytea *make_bytea(const uint8 *data, int len);
 static void check_enumerated(Datum value, bool isnull, AuditColumn column,
 							 const char *const *list, int count);
@@ -123,6 +136,15 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 #define SETNULL(c)	(values[map->attno[c]] = (Datum) 0, nulls[map->attno[c]] = true)
 
 	/* Validate what the writer chose. */
+	for (int i = 0; i < lengthof(required_columns); i++)
+	{
+		if (nulls[map->attno[required_columns[i]]])
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("audit event has no %s", audit_column_names[required_columns[i]]),
+					 errhint("Give %s a value, or leave it out of the column list to get its default.",
+							 audit_column_names[required_columns[i]])));
+	}
 	check_enumerated(values[map->attno[AC_STATUS]], nulls[map->attno[AC_STATUS]],
 					 AC_STATUS, audit_status_values, audit_status_count);
 	check_enumerated(values[map->attno[AC_DATA_CLASSIFICATION]],
@@ -144,7 +166,8 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 				 errhint("Pass the time the event happened, or omit it to use now().")));
 
 	/* Overwrite what only audit_db may set. */
-	SET(AC_ID, Int64GetDatum(nextval_internal(map->seq_relid, false)));
+	last_stamped_id = nextval_internal(map->seq_relid, false);
+	SET(AC_ID, Int64GetDatum(last_stamped_id));
 	SET(AC_TRANSACTION_ID,
 		Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId())));
 	SET(AC_HASH_ALGORITHM, CStringGetTextDatum(AUDIT_HASH_ALGORITHM));
@@ -171,4 +194,27 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	newtuple->t_self = oldtuple->t_self;
 	newtuple->t_tableOid = oldtuple->t_tableOid;
 	return PointerGetDatum(newtuple);
+}
+
+int64
+audit_last_stamped_id(void)
+{
+	return last_stamped_id;
+}
+
+PG_FUNCTION_INFO_V1(audit_last_event_id);
+
+/*
+ * audit_last_event_id
+ *		audit.last_event_id() returns bigint: the id of the last audit event
+ *		this session wrote (like lastval() for sequences), or NULL before the
+ *		first.  Lets a writer without SELECT on audit.audit_log learn the id
+ *		of a plain INSERT.
+ */
+Datum
+audit_last_event_id(PG_FUNCTION_ARGS)
+{
+	if (last_stamped_id == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(last_stamped_id);
 }

@@ -5,7 +5,8 @@
  *	  row with what its writer must not choose (id, transaction id, salt,
  *	  hash), after validating the enumerated fields.
  *
- * The trigger function is audit.stamp_audit_row(); it has no C callers.
+ * SQL entry points: the trigger function audit.stamp_audit_row() and
+ * audit.last_event_id().
  *
  *-------------------------------------------------------------------------
  */
@@ -15,5 +16,14 @@
 #include "fmgr.h"
 
 extern Datum audit_stamp_row(PG_FUNCTION_ARGS);
+extern Datum audit_last_event_id(PG_FUNCTION_ARGS);
+
+/*
+ * audit_last_stamped_id
+ *		Id of the last row this backend stamped, 0 if none.  The row may
+ *		belong to a statement that later failed: read it right after the
+ *		INSERT that produced it.
+ */
+extern int64 audit_last_stamped_id(void);
 
 #endif							/* AUDIT_ROW_STAMPING_H */

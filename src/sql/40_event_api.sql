@@ -40,3 +40,9 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'audit_commitment_encoding_sql';
 COMMENT ON FUNCTION audit.commitment_encoding(audit.audit_log) IS
   'The exact bytes hashed into a row''s personal-data commitment; NULL once redacted';
+
+CREATE FUNCTION audit.last_event_id() RETURNS bigint
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'audit_last_event_id';
+COMMENT ON FUNCTION audit.last_event_id() IS
+  'Id of the last audit event this session wrote (like lastval()), NULL before the first';

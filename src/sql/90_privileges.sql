@@ -21,11 +21,12 @@ $$;
 
 GRANT USAGE ON SCHEMA audit TO audit_db_writer, audit_db_auditor;
 
--- Writer: INSERT (and the id back through RETURNING), presets to apply them.
+-- Writer: INSERT without reading anything back (audit.log_event() and
+-- audit.last_event_id() return the new id), presets to apply them.
 GRANT INSERT ON audit.audit_log TO audit_db_writer;
-GRANT SELECT (id) ON audit.audit_log TO audit_db_writer;
 GRANT SELECT ON audit.audit_preset TO audit_db_writer;
-GRANT EXECUTE ON FUNCTION audit.log_event(text, text, text, text, text, text, text, text, text, text, integer, jsonb, text, timestamptz, text) TO audit_db_writer;
+GRANT EXECUTE ON FUNCTION audit.log_event(text, text, text, text, text, text, text, text, text, text, integer, jsonb, text, timestamptz, text),
+                          audit.last_event_id() TO audit_db_writer;
 
 -- Auditor: read everything, recompute hashes.
 GRANT SELECT ON audit.audit_log, audit.audit_preset TO audit_db_auditor;
