@@ -73,6 +73,15 @@ INSERT INTO audit.audit_log (action, status, processing_latency) VALUES ('bad', 
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('infinity', 'bad', 'success');
 \echo :LAST_ERROR_SQLSTATE
+INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('294276-12-31 23:59:59+00', 'bad', 'success');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('0001-12-31 23:59:59+00 BC', 'bad', 'success');
+\echo :LAST_ERROR_SQLSTATE
+-- The edges of the accepted range.
+INSERT INTO audit.audit_log ("timestamp", action, status)
+VALUES ('0001-01-01 00:00:00+00', 'edge', 'success'), ('9999-12-31 23:59:59.999999+00', 'edge', 'success');
+SELECT count(*) AS edges, bool_and(hash = audit.leaf_hash(l)) AS hash_ok
+FROM audit.audit_log l WHERE action = 'edge';
 INSERT INTO audit.audit_log (action, status) VALUES (NULL, 'success');
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO audit.audit_log (action) VALUES ('no status');

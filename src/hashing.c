@@ -188,11 +188,16 @@ put_server_text(StringInfo buf, const char *data, int len)
 		put_bytes(buf, data, len);
 	else
 	{
+		/* Returns data itself (not NUL-terminated) when nothing changes. */
 		char	   *utf8 = pg_server_to_any(data, len, PG_UTF8);
 
-		put_bytes(buf, utf8, strlen(utf8));
-		if (utf8 != data)
+		if (utf8 == data)
+			put_bytes(buf, data, len);
+		else
+		{
+			put_bytes(buf, utf8, strlen(utf8));
 			pfree(utf8);
+		}
 	}
 }
 
@@ -268,6 +273,9 @@ put_jsonb_datum(StringInfo buf, Datum value, bool isnull)
 		buf->data[start] = '\0';
 		len = strlen(utf8);
 		appendBinaryStringInfo(buf, utf8, len);
+		if (utf8 != text)
+			pfree(utf8);
+		pfree(text);
 	}
 
 	buf->data[start - 4] = (char) ((uint32) len >> 24);

@@ -41,6 +41,15 @@
  * here gives a hint and keeps the row (maybe personal data) out of the
  * error's DETAIL and so out of the server log.
  */
+/*
+ * Accepted event times: years 1 to 9999 UTC, PostgreSQL microseconds since
+ * 2000-01-01.  Keeps every timestamp representable in the hash format's
+ * signed 64-bit Unix microseconds (src/sql/20_audit_log.sql has the same
+ * bounds as a CHECK constraint).
+ */
+#define AUDIT_MIN_TIMESTAMP		INT64CONST(-63082281600000000)	/* 0001-01-01 */
+#define AUDIT_END_TIMESTAMP		INT64CONST(252455616000000000)	/* 10000-01-01 */
+
 static const AuditColumn required_columns[] = {
 	AC_TIMESTAMP, AC_ACTION, AC_STATUS, AC_EVENT_VERSION,
 	AC_DATA_CLASSIFICATION, AC_RETENTION_POLICY
@@ -158,12 +167,16 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 				 errmsg("invalid processing_latency %d for an audit event",
 						DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]])),
 				 errhint("processing_latency is a duration in milliseconds and cannot be negative.")));
-	if (!nulls[map->attno[AC_TIMESTAMP]] &&
-		TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]])))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("audit event timestamp must be finite"),
-				 errhint("Pass the time the event happened, or omit it to use now().")));
+	if (!nulls[map->attno[AC_TIMESTAMP]])
+	{
+		TimestampTz ts = DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]]);
+
+		if (TIMESTAMP_NOT_FINITE(ts) || ts < AUDIT_MIN_TIMESTAMP || ts >= AUDIT_END_TIMESTAMP)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("audit event timestamp is out of range"),
+					 errhint("Events must happen between 0001-01-01 and 9999-12-31 (UTC); omit the timestamp to use now().")));
+	}
 
 	/* Overwrite what only audit_db may set. */
 	last_stamped_id = nextval_internal(map->seq_relid, false);

@@ -35,7 +35,7 @@ CREATE TABLE audit.audit_log (
   CONSTRAINT audit_log_processing_latency_check
     CHECK (processing_latency >= 0),
   CONSTRAINT audit_log_timestamp_check
-    CHECK (isfinite("timestamp")),
+    CHECK ("timestamp" >= '0001-01-01 00:00:00+00' AND "timestamp" < '10000-01-01 00:00:00+00'),
   CONSTRAINT audit_log_hash_algorithm_check
     CHECK (hash_algorithm = 'SHA-256'),
   CONSTRAINT audit_log_hash_check
