@@ -16,7 +16,8 @@ OBJS        = src/audit_db.o \
               src/hashing.o \
               src/row_stamping.o \
               src/immutability.o \
-              src/event_api.o
+              src/event_api.o \
+              src/vocabulary.o
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)

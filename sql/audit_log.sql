@@ -6,7 +6,7 @@
 BEGIN;
 INSERT INTO audit.audit_log (id, action, status, hash, hash_algorithm, transaction_id,
                              personal_data_salt, personal_data_commitment, archived_at)
-VALUES (999999, 'forged', 'success', '\x00', 'MD5', 42, '\x01', '\x02', now())
+VALUES (999999, 'forged', 'success', '\x00', NULL, 42, '\x01', '\x02', now())
 RETURNING id <> 999999 AS id_assigned,
           octet_length(hash) AS hash_bytes,
           hash_algorithm,
@@ -15,6 +15,9 @@ RETURNING id <> 999999 AS id_assigned,
           personal_data_commitment IS NULL AS no_commitment,
           archived_at IS NULL AS not_archived;
 COMMIT;
+-- Another algorithm cannot even be named.
+INSERT INTO audit.audit_log (action, status, hash_algorithm) VALUES ('forged', 'success', 'MD5');
+\echo :LAST_ERROR_SQLSTATE
 
 -- audit.last_event_id() reports the id of the session's last event.
 INSERT INTO audit.audit_log (action, status) VALUES ('last_id', 'success');
@@ -61,7 +64,8 @@ SELECT principal_id IS NULL AS principal_null, principal_id = '' AS principal_em
        hash = audit.leaf_hash(l) AS hash_ok
 FROM audit.audit_log l WHERE action = 'empties' ORDER BY id;
 
--- Error paths.
+-- Error paths. The enumerated columns are domains, so a plain INSERT meets
+-- their CHECK constraint (audit.log_event() below adds hints).
 \set VERBOSITY default
 INSERT INTO audit.audit_log (action, status) VALUES ('bad', 'done');
 \echo :LAST_ERROR_SQLSTATE

@@ -55,7 +55,7 @@ ORDER BY field;
 -- Columns outside the hash: the stored hash itself, the algorithm name (fixed by
 -- the domain tag) and archived_at (set later by archival).
 SELECT pg_temp.hash_with('{"hash": "\\xdeadbeef"}') = (SELECT audit.leaf_hash(r) FROM fixed) AS hash_column_ignored,
-       pg_temp.hash_with('{"hash_algorithm": "x"}') = (SELECT audit.leaf_hash(r) FROM fixed) AS algorithm_ignored,
+       pg_temp.hash_with('{"hash_algorithm": null}') = (SELECT audit.leaf_hash(r) FROM fixed) AS algorithm_ignored,
        pg_temp.hash_with('{"archived_at": "2030-01-01T00:00:00Z"}') = (SELECT audit.leaf_hash(r) FROM fixed) AS archived_at_ignored;
 
 -- NULL and the empty string hash differently, in every text field.
@@ -97,3 +97,19 @@ SELECT audit.leaf_hash(jsonb_populate_record(r, '{"personal_data_salt": null, "p
 
 -- Non-ASCII text is hashed as UTF-8.
 SELECT encode(pg_temp.hash_with('{"principal_id": "Zoë Müller", "details": {"note": "naïve \"quote\"\n"}}'), 'hex') AS unicode_leaf;
+
+-- The details text hashed is exactly jsonb's own output (the C serializer in
+-- src/hashing.c must agree with jsonb_out byte for byte): the commitment input
+-- ends with 0x01, the 4-byte length and the text.
+SELECT d AS details,
+       substring(enc FROM octet_length(enc) - octet_length(t) - 5 + 1)
+         = '\x01'::bytea || int4send(octet_length(t)) || t AS same_as_jsonb_out
+FROM (SELECT d, convert_to(d::text, 'UTF8') AS t,
+             audit.commitment_encoding(jsonb_populate_record(r, jsonb_build_object('details', d))) AS enc
+      FROM fixed, unnest(ARRAY[
+        '{}', '[]', '"just a string"', '42', '-0.0', '1.50', '1e3', 'true', '[null]',
+        '{"b": [1, [2, []], {}], "a": {"y": null, "x": false}}',
+        '["quote \" backslash \\ slash /", "tab\t nl\n cr\r ff\f bs\b", "\u0001\u001f\u007f"]',
+        '{"ключ": "значение", "emoji": "😀", "": ""}',
+        '{"n": 123456789012345678901234567890.000000000001, "e": -1.5e-10}'
+      ]::jsonb[]) AS d) s;

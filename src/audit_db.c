@@ -15,7 +15,6 @@
 #include "postgres.h"
 
 #include "fmgr.h"
-#include "lib/stringinfo.h"
 #include "utils/guc.h"
 
 #include "audit_db.h"
@@ -28,14 +27,6 @@ void		_PG_init(void);
 
 /* audit_db.max_details_bytes: upper bound of one event's details document. */
 int			audit_max_details_bytes = 1024 * 1024;
-
-const char *const audit_status_values[] = {"attempt", "success", "failure"};
-const int	audit_status_count = lengthof(audit_status_values);
-
-const char *const audit_classification_values[] = {
-	"PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI", "FINANCIAL"
-};
-const int	audit_classification_count = lengthof(audit_classification_values);
 
 /*
  * _PG_init
@@ -60,26 +51,4 @@ _PG_init(void)
 
 	audit_log_columns_init();
 	audit_immutability_init();
-}
-
-bool
-audit_value_in_list(const char *value, int len, const char *const *list, int count)
-{
-	for (int i = 0; i < count; i++)
-	{
-		if ((int) strlen(list[i]) == len && memcmp(list[i], value, len) == 0)
-			return true;
-	}
-	return false;
-}
-
-char *
-audit_list_to_string(const char *const *list, int count)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < count; i++)
-		appendStringInfo(&buf, "%s'%s'", i > 0 ? ", " : "", list[i]);
-	return buf.data;
 }

@@ -46,6 +46,7 @@
 #include "utils/timestamp.h"
 
 #include "audit_db.h"
+#include "vocabulary.h"
 #include "event_api.h"
 #include "row_stamping.h"
 
@@ -240,6 +241,33 @@ jsonb_get_key(Jsonb *jb, const char *key, int keylen)
 	if (jb == NULL || !JB_ROOT_IS_OBJECT(jb))
 		return NULL;
 	return getKeyJsonValueFromContainer(&jb->root, key, keylen, NULL);
+}
+
+/*
+ * JsonbPairFn / for_each_pair
+ *		Call fn(key, value, arg) for each key of the JSON object container;
+ *		nested containers are passed as jbvBinary values.
+ */
+typedef void (*JsonbPairFn) (const char *key, JsonbValue *value, void *arg);
+
+static void
+for_each_pair(JsonbContainer *object, JsonbPairFn fn, void *arg)
+{
+	JsonbIterator *it = JsonbIteratorInit(object);
+	JsonbValue	key;
+	JsonbValue	value;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
+	{
+		char	   *name;
+
+		if (tok != WJB_KEY)
+			continue;
+		name = pnstrdup(key.val.string.val, key.val.string.len);
+		(void) JsonbIteratorNext(&it, &value, true);
+		fn(name, &value, arg);
+	}
 }
 
 /* Presets ------------------------------------------------------------------- */
@@ -591,6 +619,37 @@ check_rule(const Preset *preset, const char *field, const char *rule,
 	}
 }
 
+/* State of check_rules while it walks the rules of one field. */
+typedef struct RuleWalk
+{
+	EventDraft *ev;
+	const Preset *preset;
+	const char *field;
+	const char *value;
+} RuleWalk;
+
+static void
+check_one_rule(const char *rule, JsonbValue *arg, void *walk_arg)
+{
+	RuleWalk   *walk = (RuleWalk *) walk_arg;
+
+	check_rule(walk->preset, walk->field, rule, arg, walk->value);
+}
+
+static void
+check_field_rules(const char *field, JsonbValue *rules, void *walk_arg)
+{
+	RuleWalk   *walk = (RuleWalk *) walk_arg;
+
+	if (rules->type != jbvBinary)
+		return;
+	walk->field = field;
+	walk->value = event_value_text(walk->ev, field, strlen(field));
+	if (walk->value == NULL)
+		return;
+	for_each_pair(rules->val.binary.data, check_one_rule, walk);
+}
+
 /*
  * check_rules
  *		Apply the preset's validation_rules to the event.  A rule on an
@@ -599,46 +658,11 @@ check_rule(const Preset *preset, const char *field, const char *rule,
 static void
 check_rules(EventDraft *ev, const Preset *preset)
 {
-	JsonbIterator *it;
-	JsonbValue	key;
-	JsonbValue	val;
-	JsonbIteratorToken tok;
+	RuleWalk	walk = {ev, preset, NULL, NULL};
 
 	if (preset->validation_rules == NULL || !JB_ROOT_IS_OBJECT(preset->validation_rules))
 		return;
-
-	it = JsonbIteratorInit(&preset->validation_rules->root);
-	while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-	{
-		char	   *field;
-		char	   *value;
-		JsonbIterator *rit;
-		JsonbValue	rkey;
-		JsonbValue	rval;
-		JsonbIteratorToken rtok;
-
-		if (tok != WJB_KEY)
-			continue;
-		field = pnstrdup(key.val.string.val, key.val.string.len);
-		tok = JsonbIteratorNext(&it, &val, true);
-		if (tok != WJB_VALUE || val.type != jbvBinary)
-			continue;
-		value = event_value_text(ev, field, strlen(field));
-		if (value == NULL)
-			continue;
-
-		rit = JsonbIteratorInit(val.val.binary.data);
-		while ((rtok = JsonbIteratorNext(&rit, &rkey, true)) != WJB_DONE)
-		{
-			char	   *rule;
-
-			if (rtok != WJB_KEY)
-				continue;
-			rule = pnstrdup(rkey.val.string.val, rkey.val.string.len);
-			rtok = JsonbIteratorNext(&rit, &rval, true);
-			check_rule(preset, field, rule, &rval, value);
-		}
-	}
+	for_each_pair(&preset->validation_rules->root, check_field_rules, &walk);
 }
 
 /* audit.log_event ------------------------------------------------------------- */
@@ -760,6 +784,18 @@ audit_log_event(PG_FUNCTION_ARGS)
 			ev.isnull[f] = false;
 		}
 	}
+	/* Same checks as the domains, but with a hint and without SPI context. */
+	audit_check_enumerated("status", ev.value[EF_STATUS],
+						   audit_status_values, audit_status_count);
+	audit_check_enumerated("data_classification", ev.value[EF_DATA_CLASSIFICATION],
+						   audit_classification_values, audit_classification_count);
+	if (!ev.isnull[EF_PROCESSING_LATENCY] && DatumGetInt32(ev.value[EF_PROCESSING_LATENCY]) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid processing_latency %d for an audit event",
+						DatumGetInt32(ev.value[EF_PROCESSING_LATENCY])),
+				 errhint("processing_latency is a duration in milliseconds and cannot be negative.")));
+
 	if (ev.isnull[EF_TIMESTAMP])
 	{
 		ev.value[EF_TIMESTAMP] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
@@ -864,6 +900,67 @@ check_rule_definition(const char *preset, const char *field, const char *rule,
 	}
 }
 
+/*
+ * check_default_definition
+ *		One entry of default_values (preset name in arg): a field a preset
+ *		may default, with a value of the right shape.
+ */
+static void
+check_default_definition(const char *field, JsonbValue *val, void *arg)
+{
+	const char *name = (const char *) arg;
+	int			f = field_by_name(field, strlen(field));
+
+	if (f < 0 || !event_fields[f].preset_default)
+		preset_error(name, psprintf("default_values names field \"%s\", which a preset cannot default", field),
+					 psprintf("Defaults may be given for %s; organization_id, action and data_classification have their own preset columns.",
+							  field_list(want_defaultable)));
+	if (f == EF_DETAILS)
+	{
+		if (val->type != jbvBinary || !JsonContainerIsObject(val->val.binary.data))
+			preset_error(name, "the default of \"details\" must be a JSON object",
+						 "Its keys are merged under the event's own details.");
+	}
+	else if (val->type == jbvBinary)
+		preset_error(name, psprintf("the default of \"%s\" must be a scalar", field),
+					 "Give a string or a number.");
+	else if (event_fields[f].kind == FK_INT4 && val->type != jbvNumeric && val->type != jbvNull)
+		preset_error(name, psprintf("the default of \"%s\" must be a number", field),
+					 "For example {\"processing_latency\": 0}.");
+}
+
+/* Preset name and field while check_field_rules_definition walks rules. */
+typedef struct RuleDefinitionWalk
+{
+	const char *preset;
+	const char *field;
+} RuleDefinitionWalk;
+
+static void
+check_one_rule_definition(const char *rule, JsonbValue *arg, void *walk_arg)
+{
+	RuleDefinitionWalk *walk = (RuleDefinitionWalk *) walk_arg;
+
+	check_rule_definition(walk->preset, walk->field, rule, arg);
+}
+
+/*
+ * check_field_rules_definition
+ *		One entry of validation_rules (preset name in arg): a known field or
+ *		details.<key>, mapped to an object of well-formed rules.
+ */
+static void
+check_field_rules_definition(const char *field, JsonbValue *rules, void *arg)
+{
+	RuleDefinitionWalk walk = {(const char *) arg, field};
+
+	check_field_reference(walk.preset, "validation_rules", field);
+	if (rules->type != jbvBinary || !JsonContainerIsObject(rules->val.binary.data))
+		preset_error(walk.preset, psprintf("the rules of \"%s\" must be a JSON object", field),
+					 "For example {\"max_length\": 64}.");
+	for_each_pair(rules->val.binary.data, check_one_rule_definition, &walk);
+}
+
 PG_FUNCTION_INFO_V1(audit_check_preset);
 
 /*
@@ -900,60 +997,18 @@ audit_check_preset(PG_FUNCTION_ARGS)
 		preset_error(name, "a preset needs a non-empty name",
 					 "Events refer to presets by name: audit.log_event(preset => 'name', ...).");
 
-	d = heap_getattr(tuple, SPI_fnumber(desc, "data_classification"), desc, &isnull);
-	if (!isnull)
-	{
-		text	   *t = DatumGetTextPP(d);
-
-		if (!audit_value_in_list(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
-								 audit_classification_values, audit_classification_count))
-			preset_error(name, psprintf("invalid data_classification \"%s\"", text_to_cstring(t)),
-						 psprintf("data_classification must be one of %s, or NULL to leave it to the event.",
-								  audit_list_to_string(audit_classification_values,
-													   audit_classification_count)));
-	}
+	/* data_classification is checked by its domain. */
 
 	/* default_values: object of defaultable fields -> values of the right shape */
 	d = heap_getattr(tuple, SPI_fnumber(desc, "default_values"), desc, &isnull);
 	if (!isnull)
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);
-		JsonbIterator *it;
-		JsonbValue	key;
-		JsonbValue	val;
-		JsonbIteratorToken tok;
 
 		if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 			preset_error(name, "default_values must be a JSON object",
 						 "For example {\"status\": \"success\", \"details\": {\"channel\": \"web\"}}.");
-		it = JsonbIteratorInit(&jb->root);
-		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-		{
-			char	   *field;
-			int			f;
-
-			if (tok != WJB_KEY)
-				continue;
-			field = pnstrdup(key.val.string.val, key.val.string.len);
-			f = field_by_name(field, strlen(field));
-			(void) JsonbIteratorNext(&it, &val, true);
-			if (f < 0 || !event_fields[f].preset_default)
-				preset_error(name, psprintf("default_values names field \"%s\", which a preset cannot default", field),
-							 psprintf("Defaults may be given for %s; organization_id, action and data_classification have their own preset columns.",
-									  field_list(want_defaultable)));
-			if (f == EF_DETAILS)
-			{
-				if (val.type != jbvBinary || !JsonContainerIsObject(val.val.binary.data))
-					preset_error(name, "the default of \"details\" must be a JSON object",
-								 "Its keys are merged under the event's own details.");
-			}
-			else if (val.type == jbvBinary)
-				preset_error(name, psprintf("the default of \"%s\" must be a scalar", field),
-							 "Give a string or a number.");
-			else if (event_fields[f].kind == FK_INT4 && val.type != jbvNumeric && val.type != jbvNull)
-				preset_error(name, psprintf("the default of \"%s\" must be a number", field),
-							 "For example {\"processing_latency\": 0}.");
-		}
+		for_each_pair(&jb->root, check_default_definition, name);
 	}
 
 	/* required_fields: known fields or details.<key> */
@@ -980,42 +1035,11 @@ audit_check_preset(PG_FUNCTION_ARGS)
 	if (!isnull)
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);
-		JsonbIterator *it;
-		JsonbValue	key;
-		JsonbValue	val;
-		JsonbIteratorToken tok;
 
 		if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 			preset_error(name, "validation_rules must be a JSON object",
 						 "For example {\"target_resource_id\": {\"pattern\": \"^patient-[0-9]+$\"}}.");
-		it = JsonbIteratorInit(&jb->root);
-		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-		{
-			char	   *field;
-			JsonbIterator *rit;
-			JsonbValue	rkey;
-			JsonbValue	rval;
-			JsonbIteratorToken rtok;
-
-			if (tok != WJB_KEY)
-				continue;
-			field = pnstrdup(key.val.string.val, key.val.string.len);
-			check_field_reference(name, "validation_rules", field);
-			(void) JsonbIteratorNext(&it, &val, true);
-			if (val.type != jbvBinary || !JsonContainerIsObject(val.val.binary.data))
-				preset_error(name, psprintf("the rules of \"%s\" must be a JSON object", field),
-							 "For example {\"max_length\": 64}.");
-			rit = JsonbIteratorInit(val.val.binary.data);
-			while ((rtok = JsonbIteratorNext(&rit, &rkey, true)) != WJB_DONE)
-			{
-				if (rtok != WJB_KEY)
-					continue;
-				(void) JsonbIteratorNext(&rit, &rval, true);
-				check_rule_definition(name, field,
-									  pnstrdup(rkey.val.string.val, rkey.val.string.len),
-									  &rval);
-			}
-		}
+		for_each_pair(&jb->root, check_field_rules_definition, name);
 	}
 
 	return PointerGetDatum(tuple);

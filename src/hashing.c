@@ -15,14 +15,18 @@
  * keys unique and ordered by length then bytes, fixed separators).
  *
  * SHA-256 comes from OpenSSL (PostgreSQL itself is built with it), through
- * one digest context per backend so that the insert path allocates nothing
- * for hashing.
+ * its low-level interface so that the insert path allocates nothing for
+ * hashing.  jsonb is written in its canonical text by put_jsonb_text(), which
+ * produces exactly what jsonb_out() produces, without its per-string copies.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include <openssl/evp.h>
+/* SHA256_Init() and friends are deprecated in OpenSSL 3 but fully supported. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "access/htup_details.h"
 #include "datatype/timestamp.h"
@@ -31,7 +35,9 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -46,9 +52,6 @@
 /* Encoding buffers are kept between rows; shrink them past this size. */
 #define ENCODING_BUFFER_KEEP	(64 * 1024)
 
-static EVP_MD_CTX *sha256_ctx = NULL;
-static const EVP_MD *sha256_md = NULL;
-
 /* Salt bytes drawn from pg_strong_random in batches. */
 static uint8 salt_pool[AUDIT_SALT_LEN * 256];
 static size_t salt_pool_pos = sizeof(salt_pool);
@@ -56,44 +59,20 @@ static int	salt_pool_pid = 0;
 
 static StringInfo encoding_buffer(void);
 
-/*
- * crypto_failure
- *		Report a failure of the crypto library.
- */
-static void
-crypto_failure(const char *what)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INTERNAL_ERROR),
-			 errmsg("audit_db could not compute SHA-256: %s failed", what),
-			 errhint("Check the OpenSSL installation of the server; the event was not recorded.")));
-}
-
 void
 audit_sha256(const void *data, size_t len, uint8 out[AUDIT_HASH_LEN])
 {
-	unsigned int outlen = 0;
+	SHA256_CTX	ctx;
 
-	if (sha256_ctx == NULL)
-	{
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-		sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-#else
-		sha256_md = EVP_sha256();
-#endif
-		if (sha256_md == NULL)
-			crypto_failure("fetching SHA256");
-		sha256_ctx = EVP_MD_CTX_new();
-		if (sha256_ctx == NULL)
-			crypto_failure("EVP_MD_CTX_new");
-	}
-
-	if (EVP_DigestInit_ex(sha256_ctx, sha256_md, NULL) != 1)
-		crypto_failure("EVP_DigestInit_ex");
-	if (EVP_DigestUpdate(sha256_ctx, data, len) != 1)
-		crypto_failure("EVP_DigestUpdate");
-	if (EVP_DigestFinal_ex(sha256_ctx, out, &outlen) != 1 || outlen != AUDIT_HASH_LEN)
-		crypto_failure("EVP_DigestFinal_ex");
+	/*
+	 * OpenSSL's one-block-at-a-time interface: no allocation and none of the
+	 * per-call provider set-up of EVP, which costs as much as hashing a
+	 * short row (measured: test/bench).  These functions cannot fail.
+	 */
+	SHA256_Init(&ctx);
+	SHA256_Update(&ctx, data, len);
+	SHA256_Final(out, &ctx);
+	OPENSSL_cleanse(&ctx, sizeof(ctx));
 }
 
 void
@@ -151,27 +130,51 @@ put_null(StringInfo buf)
 }
 
 static inline void
+write_length(char *p, uint32 len)
+{
+	p[0] = 0x01;
+	p[1] = (char) (len >> 24);
+	p[2] = (char) (len >> 16);
+	p[3] = (char) (len >> 8);
+	p[4] = (char) len;
+}
+
+static inline void
 put_length(StringInfo buf, uint32 len)
 {
-	uint8		be[5];
-
-	be[0] = 0x01;
-	be[1] = (uint8) (len >> 24);
-	be[2] = (uint8) (len >> 16);
-	be[3] = (uint8) (len >> 8);
-	be[4] = (uint8) len;
-	appendBinaryStringInfo(buf, (const char *) be, sizeof(be));
+	enlargeStringInfo(buf, 5);
+	write_length(buf->data + buf->len, len);
+	buf->len += 5;
+	buf->data[buf->len] = '\0';
 }
 
 /*
  * put_bytes
- *		A present field of len raw bytes.
+ *		A present field of len raw bytes: one capacity check, two copies.
  */
 static inline void
 put_bytes(StringInfo buf, const char *data, int len)
 {
-	put_length(buf, (uint32) len);
-	appendBinaryStringInfo(buf, data, len);
+	enlargeStringInfo(buf, len + 5);
+	write_length(buf->data + buf->len, (uint32) len);
+	memcpy(buf->data + buf->len + 5, data, len);
+	buf->len += len + 5;
+	buf->data[buf->len] = '\0';
+}
+
+/*
+ * server_encoding_is_utf8
+ *		True when text needs no conversion to be hashed (UTF8 or SQL_ASCII
+ *		databases); a database's encoding never changes under a backend.
+ */
+static inline bool
+server_encoding_is_utf8(void)
+{
+	static int	known = -1;
+
+	if (known < 0)
+		known = (GetDatabaseEncoding() == PG_UTF8 || GetDatabaseEncoding() == PG_SQL_ASCII);
+	return known == 1;
 }
 
 /*
@@ -182,9 +185,7 @@ put_bytes(StringInfo buf, const char *data, int len)
 static void
 put_server_text(StringInfo buf, const char *data, int len)
 {
-	int			enc = GetDatabaseEncoding();
-
-	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
+	if (server_encoding_is_utf8())
 		put_bytes(buf, data, len);
 	else
 	{
@@ -241,6 +242,156 @@ put_bytea_datum(StringInfo buf, Datum value, bool isnull)
 }
 
 /*
+ * put_json_string
+ *		A JSON string literal, escaped exactly as PostgreSQL's escape_json()
+ *		does: \b \f \n \r \t \" \\, other bytes below 0x20 as \u00xx,
+ *		everything else (UTF-8 included) as is.  Copies unescaped runs whole.
+ */
+static void
+put_json_string(StringInfo buf, const char *s, int len)
+{
+	int			run = 0;
+
+	appendStringInfoCharMacro(buf, '"');
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		appendBinaryStringInfo(buf, s + run, i - run);
+		run = i + 1;
+		switch (c)
+		{
+			case '\b':
+				appendBinaryStringInfo(buf, "\\b", 2);
+				break;
+			case '\f':
+				appendBinaryStringInfo(buf, "\\f", 2);
+				break;
+			case '\n':
+				appendBinaryStringInfo(buf, "\\n", 2);
+				break;
+			case '\r':
+				appendBinaryStringInfo(buf, "\\r", 2);
+				break;
+			case '\t':
+				appendBinaryStringInfo(buf, "\\t", 2);
+				break;
+			case '"':
+				appendBinaryStringInfo(buf, "\\\"", 2);
+				break;
+			case '\\':
+				appendBinaryStringInfo(buf, "\\\\", 2);
+				break;
+			default:
+				appendStringInfo(buf, "\\u%04x", (int) c);
+				break;
+		}
+	}
+	appendBinaryStringInfo(buf, s + run, len - run);
+	appendStringInfoCharMacro(buf, '"');
+}
+
+/*
+ * put_json_scalar
+ *		A JSON scalar as jsonb_out() writes it.
+ */
+static void
+put_json_scalar(StringInfo buf, JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			appendBinaryStringInfo(buf, "null", 4);
+			break;
+		case jbvString:
+			put_json_string(buf, v->val.string.val, v->val.string.len);
+			break;
+		case jbvNumeric:
+			appendStringInfoString(buf,
+								   DatumGetCString(DirectFunctionCall1(numeric_out,
+																	   NumericGetDatum(v->val.numeric))));
+			break;
+		case jbvBool:
+			if (v->val.boolean)
+				appendBinaryStringInfo(buf, "true", 4);
+			else
+				appendBinaryStringInfo(buf, "false", 5);
+			break;
+		default:
+			elog(ERROR, "unexpected jsonb scalar type %d", (int) v->type);
+	}
+}
+
+/*
+ * put_jsonb_text
+ *		The canonical text of a jsonb container: byte for byte what
+ *		jsonb_out() (JsonbToCString without indentation) produces.  Object
+ *		keys come from jsonb already unique and ordered.
+ */
+static void
+put_jsonb_text(StringInfo buf, JsonbContainer *root)
+{
+	JsonbIterator *it = JsonbIteratorInit(root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		first = true;
+	bool		raw_scalar = false;
+
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		switch (tok)
+		{
+			case WJB_BEGIN_ARRAY:
+				if (!first)
+					appendBinaryStringInfo(buf, ", ", 2);
+				if (v.val.array.rawScalar)
+					raw_scalar = true;
+				else
+					appendStringInfoCharMacro(buf, '[');
+				first = true;
+				break;
+			case WJB_BEGIN_OBJECT:
+				if (!first)
+					appendBinaryStringInfo(buf, ", ", 2);
+				appendStringInfoCharMacro(buf, '{');
+				first = true;
+				break;
+			case WJB_KEY:
+				if (!first)
+					appendBinaryStringInfo(buf, ", ", 2);
+				put_json_string(buf, v.val.string.val, v.val.string.len);
+				appendBinaryStringInfo(buf, ": ", 2);
+				/* a container value follows without a separator */
+				first = true;
+				break;
+			case WJB_VALUE:
+				put_json_scalar(buf, &v);
+				first = false;
+				break;
+			case WJB_ELEM:
+				if (!first)
+					appendBinaryStringInfo(buf, ", ", 2);
+				put_json_scalar(buf, &v);
+				first = false;
+				break;
+			case WJB_END_ARRAY:
+				if (!raw_scalar)
+					appendStringInfoCharMacro(buf, ']');
+				first = false;
+				break;
+			case WJB_END_OBJECT:
+				appendStringInfoCharMacro(buf, '}');
+				first = false;
+				break;
+			default:
+				elog(ERROR, "unexpected jsonb iterator token %d", (int) tok);
+		}
+	}
+}
+
+/*
  * put_jsonb_datum
  *		A jsonb field in its canonical text form, written straight into the
  *		buffer after a placeholder length that is patched afterwards.
@@ -261,10 +412,10 @@ put_jsonb_datum(StringInfo buf, Datum value, bool isnull)
 	jb = DatumGetJsonbP(value);
 	put_length(buf, 0);
 	start = buf->len;
-	JsonbToCString(buf, &jb->root, VARSIZE(jb));
+	put_jsonb_text(buf, &jb->root);
 	len = buf->len - start;
 
-	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
+	if (!server_encoding_is_utf8())
 	{
 		char	   *text = pnstrdup(buf->data + start, len);
 		char	   *utf8 = pg_server_to_any(text, len, PG_UTF8);
@@ -447,8 +598,8 @@ deform_row_argument(FunctionCallInfo fcinfo, Datum **values, bool **nulls,
 	*map = &cache->map;
 }
 
-static bytea *
-bytes_to_bytea(const void *data, int len)
+bytea *
+audit_bytea_from_bytes(const void *data, int len)
 {
 	bytea	   *result = palloc(VARHDRSZ + len);
 
@@ -476,7 +627,7 @@ audit_leaf_hash_sql(PG_FUNCTION_ARGS)
 	deform_row_argument(fcinfo, &values, &nulls, &map);
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
-	PG_RETURN_BYTEA_P(bytes_to_bytea(leaf, AUDIT_HASH_LEN));
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(leaf, AUDIT_HASH_LEN));
 }
 
 PG_FUNCTION_INFO_V1(audit_leaf_encoding_sql);
@@ -499,7 +650,7 @@ audit_leaf_encoding_sql(PG_FUNCTION_ARGS)
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	buf = encoding_buffer();
 	audit_encode_leaf_input(buf, values, nulls, map, commitment);
-	PG_RETURN_BYTEA_P(bytes_to_bytea(buf->data, buf->len));
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(buf->data, buf->len));
 }
 
 PG_FUNCTION_INFO_V1(audit_commitment_encoding_sql);
@@ -522,5 +673,5 @@ audit_commitment_encoding_sql(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	buf = encoding_buffer();
 	audit_encode_commitment_input(buf, values, nulls, map, NULL);
-	PG_RETURN_BYTEA_P(bytes_to_bytea(buf->data, buf->len));
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(buf->data, buf->len));
 }

@@ -71,4 +71,10 @@ extern void audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap
 								const uint8 commitment[AUDIT_HASH_LEN],
 								uint8 out[AUDIT_HASH_LEN]);
 
+/*
+ * audit_bytea_from_bytes
+ *		A new bytea (current memory context) holding len bytes of data.
+ */
+extern bytea *audit_bytea_from_bytes(const void *data, int len);
+
 #endif							/* AUDIT_HASHING_H */

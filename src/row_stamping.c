@@ -2,8 +2,10 @@
  *
  * row_stamping.c
  *	  BEFORE INSERT row trigger of audit.audit_log (and, by cloning, of
- *	  every partition): validate the row, then overwrite the fields that
- *	  only audit_db may set:
+ *	  every partition): check that required fields are present and the
+ *	  event time is in range (the domains of the enumerated columns have
+ *	  checked those already), then overwrite the fields that only audit_db
+ *	  may set:
  *
  *		id							next value of audit.audit_log_id_seq
  *		transaction_id				64-bit id of the inserting top-level
@@ -27,7 +29,9 @@
 #include "access/xact.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "executor/tuptable.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -44,8 +48,7 @@
 /*
  * Accepted event times: years 1 to 9999 UTC, PostgreSQL microseconds since
  * 2000-01-01.  Keeps every timestamp representable in the hash format's
- * signed 64-bit Unix microseconds (src/sql/20_audit_log.sql has the same
- * bounds as a CHECK constraint).
+ * signed 64-bit Unix microseconds.
  */
 #define AUDIT_MIN_TIMESTAMP		INT64CONST(-63082281600000000)	/* 0001-01-01 */
 #define AUDIT_END_TIMESTAMP		INT64CONST(252455616000000000)	/* 10000-01-01 */
@@ -58,45 +61,24 @@ static const AuditColumn required_columns[] = {
 /* Id of the last row this backend stamped (0: none yet). */
 static int64 last_stamped_id = 0;
 
-static bytea *make_bytea(const uint8 *data, int len);
-static void check_enumerated(Datum value, bool isnull, AuditColumn column,
-							 const char *const *list, int count);
 
 /*
- * make_bytea
- *		A bytea holding len bytes of data, in the current memory context.
+ * hash_algorithm_datum
+ *		The text 'SHA-256', built once per backend.
  */
-static bytea *
-make_bytea(const uint8 *data, int len)
+static Datum
+hash_algorithm_datum(void)
 {
-	bytea	   *b = palloc(VARHDRSZ + len);
+	static Datum algorithm = (Datum) 0;
 
-	SET_VARSIZE(b, VARHDRSZ + len);
-	memcpy(VARDATA(b), data, len);
-	return b;
-}
+	if (algorithm == (Datum) 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-/*
- * check_enumerated
- *		Error out, naming the column and the accepted values, unless the
- *		text value is one of list.  NULL is left to the NOT NULL constraint.
- */
-static void
-check_enumerated(Datum value, bool isnull, AuditColumn column,
-				 const char *const *list, int count)
-{
-	text	   *t;
-
-	if (isnull)
-		return;
-	t = DatumGetTextPP(value);
-	if (!audit_value_in_list(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), list, count))
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid %s \"%s\" for an audit event",
-						audit_column_names[column], text_to_cstring(t)),
-				 errhint("%s must be one of %s.", audit_column_names[column],
-						 audit_list_to_string(list, count))));
+		algorithm = CStringGetTextDatum(AUDIT_HASH_ALGORITHM);
+		MemoryContextSwitchTo(old);
+	}
+	return algorithm;
 }
 
 PG_FUNCTION_INFO_V1(audit_stamp_row);
@@ -137,9 +119,20 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	map = audit_columns_for_relation(rel);
 	oldtuple = trigdata->tg_trigtuple;
 
+	/*
+	 * The trigger slot already holds the row's values (the INSERT built
+	 * them); copying them is cheaper than deforming tg_trigtuple again.
+	 */
 	values = palloc(tupdesc->natts * sizeof(Datum));
 	nulls = palloc(tupdesc->natts * sizeof(bool));
-	heap_deform_tuple(oldtuple, tupdesc, values, nulls);
+	if (trigdata->tg_trigslot != NULL)
+	{
+		slot_getallattrs(trigdata->tg_trigslot);
+		memcpy(values, trigdata->tg_trigslot->tts_values, tupdesc->natts * sizeof(Datum));
+		memcpy(nulls, trigdata->tg_trigslot->tts_isnull, tupdesc->natts * sizeof(bool));
+	}
+	else
+		heap_deform_tuple(oldtuple, tupdesc, values, nulls);
 
 #define SET(c, v)	(values[map->attno[c]] = (v), nulls[map->attno[c]] = false)
 #define SETNULL(c)	(values[map->attno[c]] = (Datum) 0, nulls[map->attno[c]] = true)
@@ -154,19 +147,7 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 					 errhint("Give %s a value, or leave it out of the column list to get its default.",
 							 audit_column_names[required_columns[i]])));
 	}
-	check_enumerated(values[map->attno[AC_STATUS]], nulls[map->attno[AC_STATUS]],
-					 AC_STATUS, audit_status_values, audit_status_count);
-	check_enumerated(values[map->attno[AC_DATA_CLASSIFICATION]],
-					 nulls[map->attno[AC_DATA_CLASSIFICATION]],
-					 AC_DATA_CLASSIFICATION, audit_classification_values,
-					 audit_classification_count);
-	if (!nulls[map->attno[AC_PROCESSING_LATENCY]] &&
-		DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]]) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid processing_latency %d for an audit event",
-						DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]])),
-				 errhint("processing_latency is a duration in milliseconds and cannot be negative.")));
+	/* status, data_classification, processing_latency: their domains check them. */
 	if (!nulls[map->attno[AC_TIMESTAMP]])
 	{
 		TimestampTz ts = DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]]);
@@ -183,11 +164,11 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	SET(AC_ID, Int64GetDatum(last_stamped_id));
 	SET(AC_TRANSACTION_ID,
 		Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId())));
-	SET(AC_HASH_ALGORITHM, CStringGetTextDatum(AUDIT_HASH_ALGORITHM));
+	SET(AC_HASH_ALGORITHM, hash_algorithm_datum());
 	SETNULL(AC_ARCHIVED_AT);
 	SETNULL(AC_PERSONAL_DATA_COMMITMENT);
 	audit_random_salt(salt);
-	SET(AC_PERSONAL_DATA_SALT, PointerGetDatum(make_bytea(salt, AUDIT_SALT_LEN)));
+	SET(AC_PERSONAL_DATA_SALT, PointerGetDatum(audit_bytea_from_bytes(salt, AUDIT_SALT_LEN)));
 
 	audit_row_commitment(values, nulls, map, commitment, &details_len);
 	if (details_len > audit_max_details_bytes)
@@ -198,7 +179,7 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 				 errhint("Keep large payloads elsewhere and reference them from details, or ask a superuser to raise audit_db.max_details_bytes.")));
 
 	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
-	SET(AC_HASH, PointerGetDatum(make_bytea(leaf, AUDIT_HASH_LEN)));
+	SET(AC_HASH, PointerGetDatum(audit_bytea_from_bytes(leaf, AUDIT_HASH_LEN)));
 
 #undef SET
 #undef SETNULL

@@ -3,7 +3,7 @@
  * row_stamping.h
  *	  The BEFORE INSERT trigger of audit.audit_log that stamps every new
  *	  row with what its writer must not choose (id, transaction id, salt,
- *	  hash), after validating the enumerated fields.
+ *	  hash).
  *
  * SQL entry points: the trigger function audit.stamp_audit_row() and
  * audit.last_event_id().

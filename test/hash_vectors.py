@@ -681,6 +681,13 @@ def check_real_rows(res, conn):
 # (d): sanity
 # --------------------------------------------------------------------------
 
+# Domain-checked columns take only these values (src/vocabulary.c).
+ENUMERATED = {
+    "status": ("attempt", "success", "failure"),
+    "data_classification": ("PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI", "FINANCIAL"),
+}
+
+
 def mutations(row):
     """(description, mutated row) for a change of every hashed field."""
     out = []
@@ -691,6 +698,9 @@ def mutations(row):
             m[f] = bytes([v[0] ^ 1]) + v[1:]
         elif f == "details":
             m[f] = '{"k": 2}' if v != '{"k": 2}' else '{"k": 3}'
+        elif f in ENUMERATED:
+            # The column is a domain: change to another accepted value.
+            m[f] = next(x for x in ENUMERATED[f] if x != v)
         elif isinstance(v, int):
             m[f] = v + 1
         elif isinstance(v, str):
@@ -739,7 +749,8 @@ def check_sanity(res, data, conn, builder):
     if conn is None:
         return
     # Excluded columns: the extension's hash must not move.
-    other = {"hash": bytes(range(32)), "hash_algorithm": "SHA-512",
+    # (hash_algorithm is a domain that accepts only 'SHA-256', or NULL.)
+    other = {"hash": bytes(range(32)), "hash_algorithm": None,
              "archived_at": 1893456000000000,  # 2030-01-01
              "personal_data_commitment": bytes(32)}  # ignored while the salt exists
     for f in EXCLUDED_FIELDS + ("personal_data_commitment",):

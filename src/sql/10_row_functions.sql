@@ -1,3 +1,16 @@
+-- Predicates of the enumerated values (src/vocabulary.c), used by the CHECK
+-- constraints of the domains in 20_audit_log.sql.
+CREATE FUNCTION audit.is_event_status(text) RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'audit_is_event_status';
+COMMENT ON FUNCTION audit.is_event_status(text) IS 'True for attempt, success and failure';
+CREATE FUNCTION audit.is_data_classification(text) RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'audit_is_data_classification';
+COMMENT ON FUNCTION audit.is_data_classification(text) IS
+  'True for PUBLIC, INTERNAL, CONFIDENTIAL, PHI and FINANCIAL';
+CREATE FUNCTION audit.is_hash_algorithm(text) RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'audit_is_hash_algorithm';
+COMMENT ON FUNCTION audit.is_hash_algorithm(text) IS 'True for SHA-256, the algorithm of hash format v1';
+
 -- Row functions implemented in C (src/row_stamping.c, src/immutability.c,
 -- src/hashing.c). Trigger functions are not meant to be called directly.
 

@@ -6,7 +6,7 @@ CREATE TABLE audit.audit_preset (
   name                varchar(100) NOT NULL,
   organization_id     varchar(255),
   action              varchar(255),
-  data_classification varchar(20),
+  data_classification audit.data_classification,
   required_fields     text[]       NOT NULL DEFAULT '{}',
   default_values      jsonb        NOT NULL DEFAULT '{}',
   validation_rules    jsonb        NOT NULL DEFAULT '{}',
@@ -14,9 +14,7 @@ CREATE TABLE audit.audit_preset (
   created_at          timestamptz  NOT NULL DEFAULT now(),
   updated_at          timestamptz  NOT NULL DEFAULT now(),
   CONSTRAINT audit_preset_name_organization_key UNIQUE NULLS NOT DISTINCT (name, organization_id),
-  CONSTRAINT audit_preset_name_check CHECK (name <> ''),
-  CONSTRAINT audit_preset_data_classification_check
-    CHECK (data_classification IN ('PUBLIC', 'INTERNAL', 'CONFIDENTIAL', 'PHI', 'FINANCIAL'))
+  CONSTRAINT audit_preset_name_check CHECK (name <> '')
 );
 COMMENT ON TABLE audit.audit_preset IS
   'Event templates for audit.log_event(preset => name): fixed values, defaults, required fields, rules';

@@ -1,4 +1,5 @@
--- Privileges: nothing for PUBLIC; two roles for the two common jobs.
+-- Privileges: nothing for PUBLIC but three pure predicates; two roles for the
+-- two common jobs.
 --   audit_db_writer   may log events (INSERT, audit.log_event) and nothing else
 --   audit_db_auditor  may read the audit trail and presets, and write nothing
 -- The roles are cluster-wide: created if missing, granted in this database.
@@ -7,6 +8,10 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
+-- The domains' CHECK constraints call these pure predicates as the inserting
+-- role, whoever it is; they reveal nothing.
+GRANT EXECUTE ON FUNCTION audit.is_event_status(text), audit.is_data_classification(text),
+                          audit.is_hash_algorithm(text) TO PUBLIC;
 
 DO $$
 BEGIN
