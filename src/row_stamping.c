@@ -41,11 +41,6 @@
 #include "row_stamping.h"
 
 /*
- * Columns an event must have.  NOT NULL constraints back them up; checking
- * here gives a hint and keeps the row (maybe personal data) out of the
- * error's DETAIL and so out of the server log.
- */
-/*
  * Accepted event times: years 1 to 9999 UTC, PostgreSQL microseconds since
  * 2000-01-01.  Keeps every timestamp representable in the hash format's
  * signed 64-bit Unix microseconds.
@@ -53,6 +48,11 @@
 #define AUDIT_MIN_TIMESTAMP		INT64CONST(-63082281600000000)	/* 0001-01-01 */
 #define AUDIT_END_TIMESTAMP		INT64CONST(252455616000000000)	/* 10000-01-01 */
 
+/*
+ * Columns an event must have.  NOT NULL constraints back them up; checking
+ * here gives a hint and keeps the row (maybe personal data) out of the
+ * error's DETAIL and so out of the server log.
+ */
 static const AuditColumn required_columns[] = {
 	AC_TIMESTAMP, AC_ACTION, AC_STATUS, AC_EVENT_VERSION,
 	AC_DATA_CLASSIFICATION, AC_RETENTION_POLICY
@@ -60,7 +60,6 @@ static const AuditColumn required_columns[] = {
 
 /* Id of the last row this backend stamped (0: none yet). */
 static int64 last_stamped_id = 0;
-
 
 /*
  * hash_algorithm_datum
