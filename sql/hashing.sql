@@ -113,3 +113,17 @@ FROM (SELECT d, convert_to(d::text, 'UTF8') AS t,
         '{"ключ": "значение", "emoji": "😀", "": ""}',
         '{"n": 123456789012345678901234567890.000000000001, "e": -1.5e-10}'
       ]::jsonb[]) AS d) s;
+
+-- Merkle roots (RFC 6962) over leaf hashes: the building block of sealed blocks.
+SELECT encode(audit.merkle_root('{}'), 'hex') AS empty_tree,
+       audit.merkle_root(ARRAY[sha256('a')]) = sha256('a') AS one_leaf_is_itself,
+       audit.merkle_root(ARRAY[sha256('a'), sha256('b')])
+         = sha256('\x01'::bytea || sha256('a') || sha256('b')) AS two_leaves,
+       audit.merkle_root(ARRAY[sha256('a'), sha256('b'), sha256('c')])
+         = sha256('\x01'::bytea || sha256('\x01'::bytea || sha256('a') || sha256('b')) || sha256('c')) AS three_leaves;
+SELECT encode(audit.merkle_root(array_agg(sha256(convert_to(g::text, 'UTF8')) ORDER BY g)), 'hex') AS root_of_1_to_100
+FROM generate_series(1, 100) g;
+SELECT audit.merkle_root(ARRAY[sha256('a'), NULL]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT audit.merkle_root(ARRAY['\x0102'::bytea]);
+\echo :LAST_ERROR_SQLSTATE

@@ -4,7 +4,8 @@
  *	  Hash format v1: canonical encoding of audit rows, salted commitments
  *	  to personal fields, SHA-256 leaf hashes, and the SQL functions that
  *	  expose them (audit.leaf_hash, audit.leaf_encoding,
- *	  audit.commitment_encoding).
+ *	  audit.commitment_encoding), and RFC 6962 Merkle tree roots over leaf
+ *	  hashes (audit.merkle_root), the building block of sealed blocks.
  *
  * Encoding of one field (docs/hash-format.md has the full specification):
  *		NULL			0x00
@@ -34,6 +35,8 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -550,6 +553,34 @@ audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap *map,
 #undef VAL
 #undef NUL
 
+/* Merkle trees ------------------------------------------------------------ */
+
+void
+audit_merkle_root(const uint8 *leaves, int n, uint8 out[AUDIT_HASH_LEN])
+{
+	uint8		node[1 + 2 * AUDIT_HASH_LEN];
+	int			k = 1;
+
+	if (n == 0)
+	{
+		audit_sha256("", 0, out);
+		return;
+	}
+	if (n == 1)
+	{
+		memcpy(out, leaves, AUDIT_HASH_LEN);
+		return;
+	}
+
+	check_stack_depth();
+	while (k * 2 < n)
+		k *= 2;
+	node[0] = AUDIT_NODE_PREFIX;
+	audit_merkle_root(leaves, k, node + 1);
+	audit_merkle_root(leaves + (size_t) k * AUDIT_HASH_LEN, n - k, node + 1 + AUDIT_HASH_LEN);
+	audit_sha256(node, sizeof(node), out);
+}
+
 /* SQL-callable functions --------------------------------------------------- */
 
 /*
@@ -674,4 +705,50 @@ audit_commitment_encoding_sql(PG_FUNCTION_ARGS)
 	buf = encoding_buffer();
 	audit_encode_commitment_input(buf, values, nulls, map, NULL);
 	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(buf->data, buf->len));
+}
+
+PG_FUNCTION_INFO_V1(audit_merkle_root_sql);
+
+/*
+ * audit.merkle_root(bytea[]) returns bytea
+ *		The RFC 6962 Merkle tree root over the given leaf hashes, in array
+ *		order.  NULL elements and hashes that are not 32 bytes are refused.
+ */
+Datum
+audit_merkle_root_sql(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elemnulls;
+	int			n;
+	uint8	   *leaves;
+	uint8		root[AUDIT_HASH_LEN];
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("leaf hashes must be a one-dimensional array"),
+				 errhint("Pass the leaves in tree order, for example array_agg(hash ORDER BY ...).")));
+	deconstruct_array(arr, BYTEAOID, -1, false, TYPALIGN_INT, &elems, &elemnulls, &n);
+	leaves = palloc((size_t) Max(n, 1) * AUDIT_HASH_LEN);
+	for (int i = 0; i < n; i++)
+	{
+		bytea	   *b;
+
+		if (elemnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("leaf hash %d is NULL", i + 1),
+					 errhint("Every leaf of a Merkle tree is a 32-byte SHA-256 hash.")));
+		b = DatumGetByteaPP(elems[i]);
+		if (VARSIZE_ANY_EXHDR(b) != AUDIT_HASH_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("leaf hash %d has %d bytes, expected %d",
+							i + 1, (int) VARSIZE_ANY_EXHDR(b), AUDIT_HASH_LEN),
+					 errhint("Every leaf of a Merkle tree is a 32-byte SHA-256 hash.")));
+		memcpy(leaves + (size_t) i * AUDIT_HASH_LEN, VARDATA_ANY(b), AUDIT_HASH_LEN);
+	}
+	audit_merkle_root(leaves, n, root);
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(root, AUDIT_HASH_LEN));
 }

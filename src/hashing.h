@@ -71,6 +71,18 @@ extern void audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap
 								const uint8 commitment[AUDIT_HASH_LEN],
 								uint8 out[AUDIT_HASH_LEN]);
 
+/* Merkle tree node prefix (RFC 6962); leaves carry AUDIT_LEAF_PREFIX. */
+#define AUDIT_NODE_PREFIX		0x01
+
+/*
+ * audit_merkle_root
+ *		Root of the RFC 6962 Merkle tree over n leaf hashes (32 bytes each,
+ *		already domain-separated with prefix 0x00): the leaf itself for one
+ *		leaf, SHA-256(0x01 || left || right) over the split at the largest
+ *		power of two below n, SHA-256 of nothing for n = 0.
+ */
+extern void audit_merkle_root(const uint8 *leaves, int n, uint8 out[AUDIT_HASH_LEN]);
+
 /*
  * audit_bytea_from_bytes
  *		A new bytea (current memory context) holding len bytes of data.

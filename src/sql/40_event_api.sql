@@ -46,3 +46,9 @@ LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'audit_last_event_id';
 COMMENT ON FUNCTION audit.last_event_id() IS
   'Id of the last audit event this session wrote (like lastval()), NULL before the first';
+
+CREATE FUNCTION audit.merkle_root(leaves bytea[]) RETURNS bytea
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'audit_merkle_root_sql';
+COMMENT ON FUNCTION audit.merkle_root(bytea[]) IS
+  'RFC 6962 Merkle tree root over 32-byte leaf hashes, in array order';

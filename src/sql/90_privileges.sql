@@ -37,4 +37,5 @@ GRANT EXECUTE ON FUNCTION audit.log_event(text, text, text, text, text, text, te
 GRANT SELECT ON audit.audit_log, audit.audit_preset TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.leaf_hash(audit.audit_log),
                           audit.leaf_encoding(audit.audit_log),
-                          audit.commitment_encoding(audit.audit_log) TO audit_db_auditor;
+                          audit.commitment_encoding(audit.audit_log),
+                          audit.merkle_root(bytea[]) TO audit_db_auditor;
