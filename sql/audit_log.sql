@@ -164,3 +164,11 @@ CREATE TRIGGER stamp AFTER INSERT ON not_audit FOR EACH ROW EXECUTE FUNCTION aud
 INSERT INTO not_audit VALUES (1, 'x');
 \echo :LAST_ERROR_SQLSTATE
 DROP TABLE not_audit;
+
+-- A refused row does not become the session's last event.
+INSERT INTO audit.audit_log (action, status) VALUES ('last_ok', 'success');
+SELECT audit.last_event_id() AS last_ok \gset
+SET audit_db.max_details_bytes = 64;
+INSERT INTO audit.audit_log (action, status, details) VALUES ('too_big', 'success', jsonb_build_object('k', repeat('x', 100)));
+RESET audit_db.max_details_bytes;
+SELECT audit.last_event_id() = :last_ok AS last_event_unchanged;

@@ -62,3 +62,17 @@ DROP TABLE scratch;
 SELECT count(*) = :rows_before + 1 AS no_row_lost FROM audit.audit_log;
 SELECT action, principal_id, status, hash = audit.leaf_hash(l) AS hash_ok
 FROM audit.audit_log l WHERE action LIKE 'immutable%' ORDER BY id;
+
+-- A PL/pgSQL exception block cannot keep anything alive past an aborted
+-- subtransaction: after one, the guards still refuse.
+DO $$
+BEGIN
+  BEGIN
+    UPDATE audit.audit_log SET action = 'x' WHERE action = 'immutable';
+  EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'refused inside the block: %', SQLERRM;
+  END;
+  UPDATE audit.audit_log SET action = 'x' WHERE action = 'immutable';
+END
+$$;
+\echo :LAST_ERROR_SQLSTATE

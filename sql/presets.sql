@@ -127,3 +127,24 @@ SELECT count(*) AS bad_presets FROM audit.audit_preset WHERE name IN ('bad', '')
 -- updated_at follows updates.
 UPDATE audit.audit_preset SET description = 'SSO logins', updated_at = '2000-01-01' WHERE name = 'sso';
 SELECT updated_at > '2000-01-01' AS touched FROM audit.audit_preset WHERE name = 'sso';
+
+-- A preset row that skipped validation (written under replication role before
+-- the check fired ALWAYS, or restored without triggers) is refused at use, not
+-- misread: the check trigger fires ALWAYS, so simulate with a trigger bypass.
+ALTER TABLE audit.audit_preset DISABLE TRIGGER audit_preset_check;
+INSERT INTO audit.audit_preset (name, validation_rules) VALUES ('malformed', '{"action": {"max_length": "ten"}}');
+ALTER TABLE audit.audit_preset ENABLE ALWAYS TRIGGER audit_preset_check;
+SELECT audit.log_event(preset => 'malformed', action => 'x');
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM audit.audit_preset WHERE name = 'malformed';
+
+-- Preset rules see the complete event: fallbacks are applied before the rules.
+INSERT INTO audit.audit_preset (name, required_fields, validation_rules)
+VALUES ('strict', '{status, retention_policy}',
+        '{"status": {"enum": ["failure"]}, "data_classification": {"enum": ["PHI"]}}');
+SELECT audit.log_event(preset => 'strict', action => 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT audit.log_event(preset => 'strict', action => 'x', status => 'failure');
+\echo :LAST_ERROR_SQLSTATE
+SELECT audit.log_event(preset => 'strict', action => 'x', status => 'failure',
+                       data_classification => 'PHI') > 0 AS logged;

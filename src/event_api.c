@@ -562,6 +562,26 @@ static void
 check_rule(const Preset *preset, const char *field, const char *rule,
 		   JsonbValue *arg, const char *value)
 {
+	bool		well_formed;
+
+	/*
+	 * The preset validation trigger guarantees these shapes, but a row that
+	 * bypassed it (replication role, restore without triggers) must not make
+	 * us read a JSON value as the wrong type.
+	 */
+	if (strcmp(rule, "pattern") == 0)
+		well_formed = arg->type == jbvString;
+	else if (strcmp(rule, "enum") == 0)
+		well_formed = arg->type == jbvBinary && JsonContainerIsArray(arg->val.binary.data);
+	else
+		well_formed = arg->type == jbvNumeric;
+	if (!well_formed)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit preset \"%s\" has a malformed rule \"%s\" for field \"%s\"",
+						preset->name, rule, field),
+				 errhint("Rewrite the preset's validation_rules; an UPDATE runs the preset checks again.")));
+
 	if (strcmp(rule, "pattern") == 0)
 	{
 		char	   *pattern = jsonb_scalar_to_cstring(arg);
@@ -756,6 +776,11 @@ audit_log_event(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 
+	/*
+	 * Resolution order: arguments, then the preset's fixed values and
+	 * defaults, then the documented fallbacks; only the complete event is
+	 * checked against the preset's required fields and rules.
+	 */
 	if (have_preset)
 	{
 		load_preset(text_to_cstring(PG_GETARG_TEXT_PP(ARG_PRESET)), &ev, &preset,
@@ -766,6 +791,24 @@ audit_log_event(PG_FUNCTION_ARGS)
 		apply_fixed(&ev, &preset, EF_DATA_CLASSIFICATION,
 					preset.classification, preset.classification_null);
 		apply_defaults(&ev, &preset);
+	}
+
+	for (int f = 0; f < EF_NUM_FIELDS; f++)
+	{
+		if (ev.isnull[f] && event_fields[f].fallback != NULL)
+		{
+			ev.value[f] = CStringGetTextDatum(event_fields[f].fallback);
+			ev.isnull[f] = false;
+		}
+	}
+	if (ev.isnull[EF_TIMESTAMP])
+	{
+		ev.value[EF_TIMESTAMP] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		ev.isnull[EF_TIMESTAMP] = false;
+	}
+
+	if (have_preset)
+	{
 		check_required(&ev, &preset);
 		check_rules(&ev, &preset);
 	}
@@ -776,14 +819,6 @@ audit_log_event(PG_FUNCTION_ARGS)
 				 errmsg("audit event has no action"),
 				 errhint("Pass action => '...' to audit.log_event(), or log through a preset that fixes one.")));
 
-	for (int f = 0; f < EF_NUM_FIELDS; f++)
-	{
-		if (ev.isnull[f] && event_fields[f].fallback != NULL)
-		{
-			ev.value[f] = CStringGetTextDatum(event_fields[f].fallback);
-			ev.isnull[f] = false;
-		}
-	}
 	/* Same checks as the domains, but with a hint and without SPI context. */
 	audit_check_enumerated("status", ev.value[EF_STATUS],
 						   audit_status_values, audit_status_count);
@@ -795,12 +830,6 @@ audit_log_event(PG_FUNCTION_ARGS)
 				 errmsg("invalid processing_latency %d for an audit event",
 						DatumGetInt32(ev.value[EF_PROCESSING_LATENCY])),
 				 errhint("processing_latency is a duration in milliseconds and cannot be negative.")));
-
-	if (ev.isnull[EF_TIMESTAMP])
-	{
-		ev.value[EF_TIMESTAMP] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		ev.isnull[EF_TIMESTAMP] = false;
-	}
 
 	id = insert_event(&ev);
 	SPI_finish();
@@ -961,6 +990,23 @@ check_field_rules_definition(const char *field, JsonbValue *rules, void *arg)
 	for_each_pair(rules->val.binary.data, check_one_rule_definition, &walk);
 }
 
+/*
+ * preset_column
+ *		Attribute number of column name of audit.audit_preset.
+ */
+static int
+preset_column(TupleDesc desc, const char *name)
+{
+	int			attno = SPI_fnumber(desc, name);
+
+	if (attno <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("audit.audit_preset has no column \"%s\"", name),
+				 errhint("Reinstall the extension; its preset table was altered.")));
+	return attno;
+}
+
 PG_FUNCTION_INFO_V1(audit_check_preset);
 
 /*
@@ -991,7 +1037,7 @@ audit_check_preset(PG_FUNCTION_ARGS)
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);
 
-	d = heap_getattr(tuple, SPI_fnumber(desc, "name"), desc, &isnull);
+	d = heap_getattr(tuple, preset_column(desc, "name"), desc, &isnull);
 	name = isnull ? "(null)" : TextDatumGetCString(d);
 	if (isnull || name[0] == '\0')
 		preset_error(name, "a preset needs a non-empty name",
@@ -1000,7 +1046,7 @@ audit_check_preset(PG_FUNCTION_ARGS)
 	/* data_classification is checked by its domain. */
 
 	/* default_values: object of defaultable fields -> values of the right shape */
-	d = heap_getattr(tuple, SPI_fnumber(desc, "default_values"), desc, &isnull);
+	d = heap_getattr(tuple, preset_column(desc, "default_values"), desc, &isnull);
 	if (!isnull)
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);
@@ -1012,7 +1058,7 @@ audit_check_preset(PG_FUNCTION_ARGS)
 	}
 
 	/* required_fields: known fields or details.<key> */
-	d = heap_getattr(tuple, SPI_fnumber(desc, "required_fields"), desc, &isnull);
+	d = heap_getattr(tuple, preset_column(desc, "required_fields"), desc, &isnull);
 	if (!isnull)
 	{
 		Datum	   *elems;
@@ -1031,7 +1077,7 @@ audit_check_preset(PG_FUNCTION_ARGS)
 	}
 
 	/* validation_rules: field -> {rule: argument} */
-	d = heap_getattr(tuple, SPI_fnumber(desc, "validation_rules"), desc, &isnull);
+	d = heap_getattr(tuple, preset_column(desc, "validation_rules"), desc, &isnull);
 	if (!isnull)
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);

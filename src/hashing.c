@@ -98,6 +98,25 @@ audit_random_salt(uint8 out[AUDIT_SALT_LEN])
 	salt_pool_pos += AUDIT_SALT_LEN;
 }
 
+static StringInfo shared_buffer = NULL;
+
+/*
+ * release_large_buffer
+ *		Give back the encoding buffer once it has grown past what is worth
+ *		keeping (an event with large details), so that no backend holds on
+ *		to it.  Called after each use.
+ */
+static void
+release_large_buffer(void)
+{
+	if (shared_buffer != NULL && shared_buffer->maxlen > ENCODING_BUFFER_KEEP)
+	{
+		pfree(shared_buffer->data);
+		pfree(shared_buffer);
+		shared_buffer = NULL;
+	}
+}
+
 /*
  * encoding_buffer
  *		The backend's reusable encoding buffer, reset and ready.
@@ -105,20 +124,17 @@ audit_random_salt(uint8 out[AUDIT_SALT_LEN])
 static StringInfo
 encoding_buffer(void)
 {
-	static StringInfo buf = NULL;
+	StringInfo	buf;
 
-	if (buf != NULL && buf->maxlen > ENCODING_BUFFER_KEEP)
-	{
-		pfree(buf->data);
-		pfree(buf);
-		buf = NULL;
-	}
+	release_large_buffer();		/* in case an error skipped the release */
+	buf = shared_buffer;
 	if (buf == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 		buf = makeStringInfo();
 		MemoryContextSwitchTo(old);
+		shared_buffer = buf;
 	}
 	resetStringInfo(buf);
 	return buf;
@@ -537,6 +553,7 @@ audit_row_commitment(Datum *values, bool *nulls, const AuditColumnMap *map,
 
 		audit_encode_commitment_input(buf, values, nulls, map, details_len);
 		audit_sha256(buf->data, buf->len, out);
+		release_large_buffer();
 	}
 }
 
@@ -548,6 +565,7 @@ audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap *map,
 
 	audit_encode_leaf_input(buf, values, nulls, map, commitment);
 	audit_sha256(buf->data, buf->len, out);
+	release_large_buffer();
 }
 
 #undef VAL
@@ -676,12 +694,15 @@ audit_leaf_encoding_sql(PG_FUNCTION_ARGS)
 	const AuditColumnMap *map;
 	uint8		commitment[AUDIT_HASH_LEN];
 	StringInfo	buf;
+	bytea	   *result;
 
 	deform_row_argument(fcinfo, &values, &nulls, &map);
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	buf = encoding_buffer();
 	audit_encode_leaf_input(buf, values, nulls, map, commitment);
-	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(buf->data, buf->len));
+	result = audit_bytea_from_bytes(buf->data, buf->len);
+	release_large_buffer();
+	PG_RETURN_BYTEA_P(result);
 }
 
 PG_FUNCTION_INFO_V1(audit_commitment_encoding_sql);
@@ -698,13 +719,16 @@ audit_commitment_encoding_sql(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	const AuditColumnMap *map;
 	StringInfo	buf;
+	bytea	   *result;
 
 	deform_row_argument(fcinfo, &values, &nulls, &map);
 	if (nulls[map->attno[AC_PERSONAL_DATA_SALT]])
 		PG_RETURN_NULL();
 	buf = encoding_buffer();
 	audit_encode_commitment_input(buf, values, nulls, map, NULL);
-	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(buf->data, buf->len));
+	result = audit_bytea_from_bytes(buf->data, buf->len);
+	release_large_buffer();
+	PG_RETURN_BYTEA_P(result);
 }
 
 PG_FUNCTION_INFO_V1(audit_merkle_root_sql);

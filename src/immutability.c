@@ -17,6 +17,7 @@
 #include "access/xact.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "immutability.h"
@@ -24,6 +25,15 @@
 /* Depth of nested grants; 0 means audit rows are read-only. */
 static int	privileged_change_depth = 0;
 static const char *privileged_change_reason = NULL;
+
+/*
+ * The depth at the start of each open subtransaction, innermost last, so that
+ * an aborted subtransaction (an error caught by PL/pgSQL's EXCEPTION, say)
+ * gives back any grant taken inside it.
+ */
+static int *subxact_depths = NULL;
+static int	subxact_count = 0;
+static int	subxact_allocated = 0;
 
 /*
  * reset_at_transaction_end
@@ -42,6 +52,45 @@ reset_at_transaction_end(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			privileged_change_depth = 0;
 			privileged_change_reason = NULL;
+			subxact_count = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * restore_at_subtransaction_abort
+ *		Remember the depth when a subtransaction starts; restore it when the
+ *		subtransaction aborts, forget it when it commits.
+ */
+static void
+restore_at_subtransaction_abort(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg)
+{
+	switch (event)
+	{
+		case SUBXACT_EVENT_START_SUB:
+			if (subxact_count == subxact_allocated)
+			{
+				int			n = Max(16, subxact_allocated * 2);
+
+				subxact_depths = subxact_depths == NULL ?
+					MemoryContextAlloc(TopMemoryContext, n * sizeof(int)) :
+					repalloc(subxact_depths, n * sizeof(int));
+				subxact_allocated = n;
+			}
+			subxact_depths[subxact_count++] = privileged_change_depth;
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+			if (subxact_count > 0)
+				subxact_count--;
+			break;
+		case SUBXACT_EVENT_ABORT_SUB:
+			if (subxact_count > 0)
+				privileged_change_depth = subxact_depths[--subxact_count];
+			if (privileged_change_depth == 0)
+				privileged_change_reason = NULL;
 			break;
 		default:
 			break;
@@ -52,6 +101,7 @@ void
 audit_immutability_init(void)
 {
 	RegisterXactCallback(reset_at_transaction_end, NULL);
+	RegisterSubXactCallback(restore_at_subtransaction_abort, NULL);
 }
 
 void

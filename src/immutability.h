@@ -20,6 +20,9 @@
  *
  * There is no SQL function, setting or table row that grants it: a user
  * can only obtain it by loading C code, which already requires superuser.
+ * A grant ends with its transaction, and one taken inside a subtransaction
+ * ends when that subtransaction aborts.  While held, it covers every audit
+ * row this backend touches: keep the section short and run no user code in it.
  *
  *-------------------------------------------------------------------------
  */

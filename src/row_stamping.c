@@ -94,7 +94,9 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Relation	rel;
 	TupleDesc	tupdesc;
-	const AuditColumnMap *map;
+	AuditColumnMap colmap;
+	const AuditColumnMap *map = &colmap;
+	int64		id;
 	HeapTuple	oldtuple;
 	HeapTuple	newtuple;
 	Datum	   *values;
@@ -115,7 +117,8 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	map = audit_columns_for_relation(rel);
+	/* A copy: the cached entry may go away at any invalidation below. */
+	colmap = *audit_columns_for_relation(rel);
 	oldtuple = trigdata->tg_trigtuple;
 
 	/*
@@ -159,8 +162,8 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	}
 
 	/* Overwrite what only audit_db may set. */
-	last_stamped_id = nextval_internal(map->seq_relid, false);
-	SET(AC_ID, Int64GetDatum(last_stamped_id));
+	id = nextval_internal(map->seq_relid, false);
+	SET(AC_ID, Int64GetDatum(id));
 	SET(AC_TRANSACTION_ID,
 		Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId())));
 	SET(AC_HASH_ALGORITHM, hash_algorithm_datum());
@@ -186,6 +189,8 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	newtuple = heap_form_tuple(tupdesc, values, nulls);
 	newtuple->t_self = oldtuple->t_self;
 	newtuple->t_tableOid = oldtuple->t_tableOid;
+	/* Only a row that passed every check here counts as the last event. */
+	last_stamped_id = id;
 	return PointerGetDatum(newtuple);
 }
 

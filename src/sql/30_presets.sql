@@ -47,4 +47,8 @@ CREATE TRIGGER audit_preset_touch
   BEFORE UPDATE ON audit.audit_preset
   FOR EACH ROW EXECUTE FUNCTION audit.touch_audit_preset();
 
+-- ALWAYS: presets written under session_replication_role = replica are checked too.
+ALTER TABLE audit.audit_preset ENABLE ALWAYS TRIGGER audit_preset_check;
+
 SELECT pg_catalog.pg_extension_config_dump('audit.audit_preset', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.audit_preset_preset_id_seq', '');
