@@ -48,12 +48,10 @@ import sys
 import threading
 import time
 
-try:
-    import psycopg
-except ImportError:  # a Python without psycopg: use Debian's
-    if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    raise
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+
+psycopg = _load_psycopg()
 from psycopg.types.json import Jsonb
 
 LOAD_SECONDS = float(os.environ.get("CC_SECONDS", "10"))
@@ -73,25 +71,6 @@ INSERT_SQL = ("INSERT INTO audit.audit_log (action, status, principal_id, organi
               "VALUES (%s, %s, %s, %s, %s)")
 LOG_EVENT_SQL = ("SELECT audit.log_event(action => %s, status => %s, principal_id => %s, "
                  "organization_id => %s, details => %s)")
-
-
-class Results:
-    def __init__(self):
-        self.passed = self.failed = 0
-
-    def check(self, ok, label, detail=""):
-        if ok:
-            self.passed += 1
-            print("ok - " + label)
-        else:
-            self.failed += 1
-            print("not ok - " + label + (("\n#   " + detail) if detail else ""))
-        sys.stdout.flush()
-
-
-def info(msg):
-    print("# " + msg)
-    sys.stdout.flush()
 
 
 def sample(items, n=5):
@@ -818,8 +797,7 @@ def main():
         conn = part2(res, conn, p1_rows)
     if conn is not None:
         conn.close()
-    print("concurrency_crash: %d passed, %d failed" % (res.passed, res.failed))
-    return 1 if res.failed else 0
+    return res.finish("concurrency_crash")
 
 
 if __name__ == "__main__":

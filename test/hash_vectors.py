@@ -36,13 +36,12 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from testkit import Results, psycopg as _load_psycopg  # noqa: E402
+
 try:
-    import psycopg
-except ImportError:  # e.g. a pyenv python3 first in PATH
-    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") \
-            and os.path.exists("/usr/bin/python3") and "HASH_VECTORS_REEXEC" not in os.environ:
-        os.environ["HASH_VECTORS_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+    psycopg = _load_psycopg()
+except ImportError:  # vectors can still be checked without a server
     psycopg = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -310,33 +309,6 @@ def load_vectors():
 # --------------------------------------------------------------------------
 # Test harness
 # --------------------------------------------------------------------------
-
-class Results:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, detail=None):
-        if ok:
-            self.passed += 1
-            print("ok - %s" % what)
-        else:
-            self.failed += 1
-            print("not ok - %s" % what)
-            if detail:
-                for line in str(detail).splitlines():
-                    print("#   %s" % line)
-        sys.stdout.flush()
-        return ok
-
-    def run(self, what, fn):
-        """Run fn() -> (ok, detail); an exception is a failure."""
-        try:
-            ok, detail = fn()
-        except Exception as e:  # noqa: BLE001 - report, go on
-            ok, detail = False, "%s: %s" % (type(e).__name__, e)
-        return self.check(ok, what, detail)
-
 
 def diff(label, got, want):
     if got == want:
@@ -907,8 +879,7 @@ def main():
         data = load_vectors()
     except Exception as e:  # noqa: BLE001
         res.check(False, "load %s" % VECTORS_FILE, e)
-        print("hash_vectors: %d passed, %d failed" % (res.passed, res.failed))
-        return 1
+        return res.finish("hash_vectors")
     res.check(len(data.get("vectors", [])) >= 4, "vector file has at least 4 vectors")
 
     conn = None
@@ -947,8 +918,7 @@ def main():
             res.check(False, "LATIN1 database check", "%s: %s" % (type(e).__name__, e))
         conn.close()
 
-    print("hash_vectors: %d passed, %d failed" % (res.passed, res.failed))
-    return 1 if res.failed else 0
+    return res.finish("hash_vectors")
 
 
 if __name__ == "__main__":

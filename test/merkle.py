@@ -16,13 +16,10 @@ import os
 import random
 import sys
 
-try:
-    import psycopg
-except ImportError:  # a Python without psycopg: use Debian's
-    if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    raise
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
 
+psycopg = _load_psycopg()
 
 def mth(leaves):
     """RFC 6962 Merkle tree hash of already-hashed leaves (bytes of 32)."""
@@ -34,19 +31,6 @@ def mth(leaves):
     while k * 2 < len(leaves):
         k *= 2
     return hashlib.sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:])).digest()
-
-
-class Results:
-    def __init__(self):
-        self.passed = self.failed = 0
-
-    def check(self, ok, label, detail=""):
-        if ok:
-            self.passed += 1
-            print("ok - " + label)
-        else:
-            self.failed += 1
-            print("not ok - " + label + (("\n#   " + detail) if detail else ""))
 
 
 def main():
@@ -97,8 +81,7 @@ def main():
             res.check(got == state, "%s is refused with SQLSTATE %s" % (label, state),
                       "got %s" % got)
 
-    print("merkle: %d passed, %d failed" % (res.passed, res.failed))
-    return 1 if res.failed else 0
+    return res.finish("merkle")
 
 
 if __name__ == "__main__":

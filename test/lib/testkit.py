@@ -1,0 +1,68 @@
+"""test/lib/testkit.py: what the Python tests in test/ share.
+
+- psycopg(): import psycopg 3, re-running the script under Debian's
+  /usr/bin/python3 when the first python3 on PATH lacks it (a pyenv build,
+  say); psycopg comes from the python3-psycopg package, not PyPI.
+- Results: TAP-like "ok - ..." / "not ok - ..." lines, and the closing line
+  "NAME: N passed, M failed" that test/run counts.
+"""
+import os
+import sys
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def psycopg():
+    """The psycopg module; re-executes the script under Debian's python if needed."""
+    try:
+        import psycopg as module
+    except ImportError:
+        if (os.path.exists(DEBIAN_PYTHON)
+                and os.path.realpath(sys.executable) != os.path.realpath(DEBIAN_PYTHON)
+                and "AUDIT_DB_TEST_REEXEC" not in os.environ):
+            os.environ["AUDIT_DB_TEST_REEXEC"] = "1"
+            os.execv(DEBIAN_PYTHON, [DEBIAN_PYTHON] + sys.argv)
+        raise
+    return module
+
+
+class Results:
+    """Counts and prints checks."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what, detail=None):
+        """Record one check; detail (any text) is printed under a failure."""
+        if ok:
+            self.passed += 1
+            print("ok - %s" % what)
+        else:
+            self.failed += 1
+            print("not ok - %s" % what)
+            if detail:
+                for line in str(detail).splitlines():
+                    print("#   %s" % line)
+        sys.stdout.flush()
+        return ok
+
+    def run(self, what, fn):
+        """Run fn() -> (ok, detail) as one check; an exception is a failure."""
+        try:
+            ok, detail = fn()
+        except Exception as e:  # noqa: BLE001 - report, go on
+            ok, detail = False, "%s: %s" % (type(e).__name__, e)
+        return self.check(ok, what, detail)
+
+    def finish(self, name):
+        """Print the closing line; return the exit status (1 if anything failed)."""
+        print("%s: %d passed, %d failed" % (name, self.passed, self.failed))
+        sys.stdout.flush()
+        return 1 if self.failed else 0
+
+
+def info(msg):
+    """A comment line in the output."""
+    print("# " + msg)
+    sys.stdout.flush()
