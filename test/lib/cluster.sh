@@ -50,13 +50,14 @@ cluster_psql() {
   psql -X -v ON_ERROR_STOP=1 -q "$@"
 }
 
-# free_port: print a TCP port on 127.0.0.1 that nothing listens on.
+# free_port [FIRST LAST]: print a TCP port on 127.0.0.1 that nothing listens on,
+# from FIRST..LAST (default 54330..54429).
 free_port() {
-  local p
-  for p in $(seq 54330 54429); do
+  local p first=${1:-54330} last=${2:-54429}
+  for p in $(seq "$first" "$last"); do
     if ! (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [ ! -e "/tmp/.s.PGSQL.$p" ]; then
       echo "$p"; return 0
     fi
   done
-  echo "no free port in 54330-54429" >&2; return 1
+  echo "no free port in $first-$last" >&2; return 1
 }
