@@ -17,7 +17,11 @@ OBJS        = src/audit_db.o \
               src/row_stamping.o \
               src/immutability.o \
               src/event_api.o \
-              src/vocabulary.o
+              src/vocabulary.o \
+              src/partitions.o \
+              src/sealing.o \
+              src/verification.o \
+              src/worker.o
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)

@@ -7,19 +7,23 @@
  *
  * The library works both when loaded on first use (CREATE EXTENSION, the
  * first call of one of its functions) and when listed in
- * shared_preload_libraries; later capabilities (the sealing background
- * worker) need the latter.
+ * shared_preload_libraries; the sealing background worker and the progress
+ * of running verifications need the latter.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "audit_db.h"
 #include "audit_log_columns.h"
 #include "immutability.h"
+#include "sealing.h"
+#include "verification.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -47,8 +51,64 @@ _PG_init(void)
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("audit_db.seal_interval",
+							"How often the background worker seals new audit rows into the chain.",
+							"Needs audit_db in shared_preload_libraries; without it, call audit.seal().",
+							&audit_seal_interval_ms,
+							1000,
+							10,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.seal_block_rows",
+							"Most audit rows sealed into one chain block.",
+							NULL,
+							&audit_seal_block_rows,
+							10000,
+							1,
+							1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.unsealed_grace",
+							"Age after which audit.verify() reports a finished but unsealed row.",
+							"Also the time without any seal after which it does so.",
+							&audit_unsealed_grace,
+							60,
+							1,
+							7 * 24 * 3600,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.max_database_workers",
+							"Most audit_db database workers running at once.",
+							"Each needs a slot of max_worker_processes.",
+							&audit_max_database_workers,
+							4,
+							0,
+							1024,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("audit_db.skip_databases",
+							   "Databases (comma-separated) the audit_db launcher never starts a worker for.",
+							   NULL,
+							   &audit_skip_databases,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("audit_db");
 
 	audit_log_columns_init();
 	audit_immutability_init();
+	audit_verification_init();
+	if (process_shared_preload_libraries_in_progress)
+		audit_worker_register_launcher();
 }

@@ -599,6 +599,73 @@ audit_merkle_root(const uint8 *leaves, int n, uint8 out[AUDIT_HASH_LEN])
 	audit_sha256(node, sizeof(node), out);
 }
 
+/*
+ * audit_merkle_path
+ *		Append to path the audit path of leaf m in the tree over n leaves
+ *		(RFC 6962 section 2.1.1: siblings from the leaf's level upwards);
+ *		returns how many 32-byte hashes were written.  path must hold
+ *		AUDIT_MAX_PATH hashes.
+ */
+int
+audit_merkle_path(const uint8 *leaves, int n, int m, uint8 *path)
+{
+	int			k = 1;
+	int			written;
+
+	Assert(m >= 0 && m < n);
+	if (n <= 1)
+		return 0;
+
+	check_stack_depth();
+	while (k * 2 < n)
+		k *= 2;
+	if (m < k)
+	{
+		written = audit_merkle_path(leaves, k, m, path);
+		audit_merkle_root(leaves + (size_t) k * AUDIT_HASH_LEN, n - k,
+						  path + (size_t) written * AUDIT_HASH_LEN);
+	}
+	else
+	{
+		written = audit_merkle_path(leaves + (size_t) k * AUDIT_HASH_LEN, n - k, m - k, path);
+		audit_merkle_root(leaves, k, path + (size_t) written * AUDIT_HASH_LEN);
+	}
+	return written + 1;
+}
+
+/* Block headers ------------------------------------------------------------ */
+
+void
+audit_block_header_hash(const AuditBlockHeader *h, uint8 out[AUDIT_HASH_LEN])
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, AUDIT_BLOCK_PREFIX);
+	put_bytes(&buf, AUDIT_BLOCK_DOMAIN, strlen(AUDIT_BLOCK_DOMAIN));
+	put_int64(&buf, h->height);
+	put_bytes(&buf, (const char *) h->prev_hash, AUDIT_HASH_LEN);
+	put_bytes(&buf, h->kind, strlen(h->kind));
+	if (h->in_default_partition)
+	{
+		put_null(&buf);
+		put_null(&buf);
+	}
+	else
+	{
+		put_int64(&buf, h->partition_from + UNIX_TO_POSTGRES_USECS);
+		put_int64(&buf, h->partition_to + UNIX_TO_POSTGRES_USECS);
+	}
+	put_int64(&buf, h->xid_from);
+	put_int64(&buf, h->xid_to);
+	put_int64(&buf, h->row_count);
+	put_int64(&buf, h->rows_total);
+	put_bytes(&buf, (const char *) h->merkle_root, AUDIT_HASH_LEN);
+	put_int64(&buf, h->sealed_at + UNIX_TO_POSTGRES_USECS);
+	audit_sha256(buf.data, buf.len, out);
+	pfree(buf.data);
+}
+
 /* SQL-callable functions --------------------------------------------------- */
 
 /*
@@ -775,4 +842,100 @@ audit_merkle_root_sql(PG_FUNCTION_ARGS)
 	}
 	audit_merkle_root(leaves, n, root);
 	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(root, AUDIT_HASH_LEN));
+}
+
+PG_FUNCTION_INFO_V1(audit_block_header_hash_sql);
+
+/*
+ * audit_block_header_hash_sql
+ *		audit.block_header_hash(height, kind, partition_from, partition_to,
+ *		xid_from, xid_to, row_count, rows_total, merkle_root, sealed_at,
+ *		prev_hash): the header hash of a block from its fields.  The
+ *		partition bounds may be NULL (default partition); nothing else.
+ */
+Datum
+audit_block_header_hash_sql(PG_FUNCTION_ARGS)
+{
+	AuditBlockHeader h;
+	uint8		out[AUDIT_HASH_LEN];
+	bytea	   *root;
+	bytea	   *prev;
+
+	for (int i = 0; i < 11; i++)
+		if (i != 2 && i != 3 && PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("only the partition bounds of a block header may be NULL"),
+					 errhint("Pass the columns of an audit.audit_chain_block row.")));
+	root = PG_GETARG_BYTEA_PP(8);
+	prev = PG_GETARG_BYTEA_PP(10);
+	if (VARSIZE_ANY_EXHDR(root) != AUDIT_HASH_LEN || VARSIZE_ANY_EXHDR(prev) != AUDIT_HASH_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("merkle_root and prev_hash must be %d bytes", AUDIT_HASH_LEN),
+				 errhint("Pass the columns of an audit.audit_chain_block row.")));
+
+	memset(&h, 0, sizeof(h));
+	h.height = PG_GETARG_INT64(0);
+	h.kind = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	h.in_default_partition = PG_ARGISNULL(2) || PG_ARGISNULL(3);
+	if (!h.in_default_partition)
+	{
+		h.partition_from = PG_GETARG_TIMESTAMPTZ(2);
+		h.partition_to = PG_GETARG_TIMESTAMPTZ(3);
+		if (TIMESTAMP_NOT_FINITE(h.partition_from) || TIMESTAMP_NOT_FINITE(h.partition_to))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("partition bounds of a block header must be finite"),
+					 errhint("Blocks of an unbounded or default partition have NULL bounds.")));
+	}
+	h.xid_from = PG_GETARG_INT64(4);
+	h.xid_to = PG_GETARG_INT64(5);
+	h.row_count = PG_GETARG_INT64(6);
+	h.rows_total = PG_GETARG_INT64(7);
+	memcpy(h.merkle_root, VARDATA_ANY(root), AUDIT_HASH_LEN);
+	h.sealed_at = PG_GETARG_TIMESTAMPTZ(9);
+	if (TIMESTAMP_NOT_FINITE(h.sealed_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sealed_at of a block header must be finite"),
+				 errhint("Pass the columns of an audit.audit_chain_block row.")));
+	memcpy(h.prev_hash, VARDATA_ANY(prev), AUDIT_HASH_LEN);
+	audit_block_header_hash(&h, out);
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(out, AUDIT_HASH_LEN));
+}
+
+PG_FUNCTION_INFO_V1(audit_merkle_path_sql);
+
+/*
+ * audit_merkle_path_sql
+ *		audit.merkle_path(leaves, leaf_index): the audit path of one leaf
+ *		among the concatenated 32-byte leaves, as an array of hashes.
+ */
+Datum
+audit_merkle_path_sql(PG_FUNCTION_ARGS)
+{
+	bytea	   *leaves = PG_GETARG_BYTEA_PP(0);
+	int32		m = PG_GETARG_INT32(1);
+	int			len = VARSIZE_ANY_EXHDR(leaves);
+	int			n = len / AUDIT_HASH_LEN;
+	uint8		path[AUDIT_MAX_PATH * AUDIT_HASH_LEN];
+	int			k;
+	Datum	   *elems;
+
+	if (len % AUDIT_HASH_LEN != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leaves must be a multiple of %d bytes, got %d", AUDIT_HASH_LEN, len),
+				 errhint("Pass the leaves column of an audit.audit_chain_block row.")));
+	if (m < 0 || m >= n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leaf index %d is outside the %d leaves", m, n),
+				 errhint("Leaf indexes start at 0.")));
+	k = audit_merkle_path((const uint8 *) VARDATA_ANY(leaves), n, m, path);
+	elems = palloc(sizeof(Datum) * Max(k, 1));
+	for (int i = 0; i < k; i++)
+		elems[i] = PointerGetDatum(audit_bytea_from_bytes(path + (size_t) i * AUDIT_HASH_LEN, AUDIT_HASH_LEN));
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, k, BYTEAOID, -1, false, TYPALIGN_INT));
 }

@@ -14,6 +14,7 @@
 #ifndef AUDIT_HASHING_H
 #define AUDIT_HASHING_H
 
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 
 #include "audit_log_columns.h"
@@ -82,6 +83,47 @@ extern void audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap
  *		power of two below n, SHA-256 of nothing for n = 0.
  */
 extern void audit_merkle_root(const uint8 *leaves, int n, uint8 out[AUDIT_HASH_LEN]);
+
+/* Longest audit path: blocks hold at most 2^31 leaves. */
+#define AUDIT_MAX_PATH			32
+
+/*
+ * audit_merkle_path
+ *		Write the RFC 6962 audit path of leaf m (0-based) of the tree over n
+ *		leaves into path (AUDIT_MAX_PATH x 32 bytes), lowest sibling first;
+ *		returns the number of hashes written.
+ */
+extern int	audit_merkle_path(const uint8 *leaves, int n, int m, uint8 *path);
+
+/* Block header domain tag (prefix 0x03; docs/hash-format.md, "Blocks"). */
+#define AUDIT_BLOCK_PREFIX		0x03
+#define AUDIT_BLOCK_DOMAIN		"audit_db.block.v1"
+
+/*
+ * The fields of a chain block's header, as they are hashed.  Times are
+ * PostgreSQL timestamps (the encoding converts them to Unix microseconds).
+ */
+typedef struct AuditBlockHeader
+{
+	int64		height;
+	uint8		prev_hash[AUDIT_HASH_LEN];
+	const char *kind;
+	bool		in_default_partition;	/* partition bounds are NULL */
+	TimestampTz partition_from;
+	TimestampTz partition_to;
+	int64		xid_from;
+	int64		xid_to;
+	int64		row_count;
+	int64		rows_total;
+	uint8		merkle_root[AUDIT_HASH_LEN];
+	TimestampTz sealed_at;
+} AuditBlockHeader;
+
+/*
+ * audit_block_header_hash
+ *		SHA-256 header hash of a block (hash format v1).
+ */
+extern void audit_block_header_hash(const AuditBlockHeader *h, uint8 out[AUDIT_HASH_LEN]);
 
 /*
  * audit_bytea_from_bytes

@@ -33,9 +33,24 @@ GRANT SELECT ON audit.audit_preset TO audit_db_writer;
 GRANT EXECUTE ON FUNCTION audit.log_event(text, text, text, text, text, text, text, text, text, text, integer, jsonb, text, timestamptz, text),
                           audit.last_event_id() TO audit_db_writer;
 
+-- Sealing is harmless and idempotent: both roles may trigger it.
+GRANT EXECUTE ON FUNCTION audit.seal() TO audit_db_writer, audit_db_auditor;
+
 -- Auditor: read everything, recompute hashes.
 GRANT SELECT ON audit.audit_log, audit.audit_preset TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.leaf_hash(audit.audit_log),
                           audit.leaf_encoding(audit.audit_log),
                           audit.commitment_encoding(audit.audit_log),
                           audit.merkle_root(bytea[]) TO audit_db_auditor;
+
+-- Auditor and the chain: read blocks, state and past verifications; verify,
+-- digest, prove, export. audit.verify() records its run as the table owner.
+GRANT SELECT ON audit.audit_chain_block, audit.audit_chain_state, audit.audit_integrity_log,
+                audit.chain_status, audit.verification_in_progress TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.verify(timestamptz, timestamptz, text, boolean, integer, integer),
+                          audit.verification_progress(), audit.digest(), audit.verify_digest(jsonb),
+                          audit.prove(bigint), audit.export_row(audit.audit_log),
+                          audit.export_block(audit.audit_chain_block), audit.export_header(audit.audit_chain_block),
+                          audit.export_chain(), audit.chain_status_row(),
+                          audit.block_header_hash(bigint, text, timestamptz, timestamptz, bigint, bigint, bigint, bigint, bytea, timestamptz, bytea),
+                          audit.merkle_path(bytea, integer) TO audit_db_auditor;

@@ -1,0 +1,389 @@
+/*-------------------------------------------------------------------------
+ *
+ * sealing.c
+ *	  The sealer: links committed audit rows into the chain of blocks.
+ *
+ * A seal run takes the xmin H of its snapshot: every transaction below H
+ * has finished, so the committed rows among them are all visible and the
+ * aborted ones never will be.  It seals every visible row whose
+ * transaction id lies in [previous H, H), ordered by (partition,
+ * transaction id, row id), in blocks of at most audit_db.seal_block_rows
+ * rows that never span two partitions.  Each block holds the rows' ids and
+ * leaf hashes (the hash the stamping trigger stored at insert), their
+ * RFC 6962 Merkle root, and a header hash that covers the previous
+ * block's header hash.  Runs serialise on the single row of
+ * audit.audit_chain_state, so the header chain has one writer and never
+ * forks; nothing on the insert path waits for the sealer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/htup_details.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "audit_db.h"
+#include "hashing.h"
+#include "partitions.h"
+#include "sealing.h"
+
+int			audit_seal_block_rows = 10000;
+
+/* Rows fetched from the cursor at a time. */
+#define SEAL_FETCH_ROWS		10000
+
+static SPIPlanPtr state_plan = NULL;
+static SPIPlanPtr rows_plan = NULL;
+static SPIPlanPtr block_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
+
+/* The block being filled, and the chain head it extends. */
+typedef struct SealState
+{
+	int64		height;
+	uint8		head_hash[AUDIT_HASH_LEN];
+	int64		rows_total;
+	int64		xid_from;
+	int64		xid_to;
+	TimestampTz sealed_at;
+	AuditPartition part;		/* partition of the current block */
+	int			nrows;
+	Datum	   *ids;			/* audit_seal_block_rows entries */
+	uint8	   *leaves;			/* audit_seal_block_rows x 32 bytes */
+	List	   *touched;		/* partition OIDs sealed into */
+	AuditSealResult result;
+} SealState;
+
+int64
+audit_full_xid_of(TransactionId xid)
+{
+	FullTransactionId next = ReadNextFullTransactionId();
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (xid > XidFromFullTransactionId(next))
+		epoch--;
+	return (int64) U64FromFullTransactionId(FullTransactionIdFromEpochAndXid(epoch, xid));
+}
+
+static SPIPlanPtr
+keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/*
+ * flush_block
+ *		Append the block being filled (if it has rows) to the chain.
+ */
+static void
+flush_block(SealState *st)
+{
+	AuditBlockHeader h;
+	uint8		header_hash[AUDIT_HASH_LEN];
+	ArrayType  *ids;
+	Datum		values[14];
+	char		nulls[14];
+	static Oid	types[14] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID,
+		INT4OID, INT8OID, INT8ARRAYOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID};
+	int			rc;
+
+	if (st->nrows == 0)
+		return;
+
+	memset(&h, 0, sizeof(h));
+	h.height = st->height + 1;
+	memcpy(h.prev_hash, st->head_hash, AUDIT_HASH_LEN);
+	h.kind = "rows";
+	h.in_default_partition = st->part.unbounded;
+	h.partition_from = st->part.from;
+	h.partition_to = st->part.to;
+	h.xid_from = st->xid_from;
+	h.xid_to = st->xid_to;
+	h.row_count = st->nrows;
+	h.rows_total = st->rows_total + st->nrows;
+	audit_merkle_root(st->leaves, st->nrows, h.merkle_root);
+	h.sealed_at = st->sealed_at;
+	audit_block_header_hash(&h, header_hash);
+
+	ids = construct_array(st->ids, st->nrows, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(h.height);
+	values[1] = CStringGetTextDatum(h.kind);
+	values[2] = TimestampTzGetDatum(h.partition_from);
+	values[3] = TimestampTzGetDatum(h.partition_to);
+	if (h.in_default_partition)
+		nulls[2] = nulls[3] = 'n';
+	values[4] = Int64GetDatum(h.xid_from);
+	values[5] = Int64GetDatum(h.xid_to);
+	values[6] = Int32GetDatum((int32) h.row_count);
+	values[7] = Int64GetDatum(h.rows_total);
+	values[8] = PointerGetDatum(ids);
+	values[9] = PointerGetDatum(audit_bytea_from_bytes(st->leaves, st->nrows * AUDIT_HASH_LEN));
+	values[10] = PointerGetDatum(audit_bytea_from_bytes(h.merkle_root, AUDIT_HASH_LEN));
+	values[11] = TimestampTzGetDatum(h.sealed_at);
+	values[12] = PointerGetDatum(audit_bytea_from_bytes(header_hash, AUDIT_HASH_LEN));
+	values[13] = PointerGetDatum(audit_bytea_from_bytes(h.prev_hash, AUDIT_HASH_LEN));
+
+	rc = SPI_execute_plan(keep_plan(&block_plan,
+									"INSERT INTO audit.audit_chain_block (height, kind, partition_from, partition_to,"
+									" xid_from, xid_to, row_count, rows_total, row_ids, leaves, merkle_root,"
+									" sealed_at, header_hash, prev_hash)"
+									" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+									14, types),
+						  values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "inserting chain block failed: %s", SPI_result_code_string(rc));
+
+	st->height = h.height;
+	memcpy(st->head_hash, header_hash, AUDIT_HASH_LEN);
+	st->rows_total = h.rows_total;
+	st->result.blocks++;
+	st->result.rows += st->nrows;
+	st->nrows = 0;
+}
+
+/*
+ * summarize_brin
+ *		Summarise the new block ranges of the BRIN index of each partition
+ *		sealed into, so the next run's bitmap scan skips what it sealed.
+ *		Skips a partition whose lock is busy (VACUUM): next run retries.
+ */
+static void
+summarize_brin(List *partitions)
+{
+	ListCell   *lc;
+
+	foreach(lc, partitions)
+	{
+		Oid			relid = lfirst_oid(lc);
+		Relation	rel;
+		List	   *indexes;
+		ListCell   *ic;
+
+		if (!ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
+			continue;
+		rel = RelationIdGetRelation(relid);
+		if (!RelationIsValid(rel))
+			continue;
+		indexes = RelationGetIndexList(rel);
+		RelationClose(rel);
+		foreach(ic, indexes)
+		{
+			Oid			indexoid = lfirst_oid(ic);
+
+			HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(indexoid));
+			bool		is_brin;
+
+			if (!HeapTupleIsValid(tup))
+				continue;
+			is_brin = ((Form_pg_class) GETSTRUCT(tup))->relam == BRIN_AM_OID;
+			ReleaseSysCache(tup);
+			if (is_brin)
+				(void) DirectFunctionCall1(brin_summarize_new_values, ObjectIdGetDatum(indexoid));
+		}
+		list_free(indexes);
+	}
+}
+
+AuditSealResult
+audit_seal_run(void)
+{
+	SealState	st;
+	Snapshot	snap = GetActiveSnapshot();
+	int64		horizon;
+	Portal		portal;
+	int			save_nestlevel;
+	bool		isnull;
+	Oid			current_part = InvalidOid;
+	MemoryContext batch_cxt;
+	MemoryContext oldcxt;
+
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot seal the audit chain during recovery"),
+				 errhint("Sealing runs on the primary; audit.verify() works on a standby.")));
+	if (snap == NULL)
+		elog(ERROR, "audit_seal_run needs an active snapshot");
+
+	memset(&st, 0, sizeof(st));
+	horizon = audit_full_xid_of(snap->xmin);
+
+	SPI_connect();
+
+	/* Lock the chain head; a concurrent run finishes first. */
+	if (SPI_execute_plan(keep_plan(&state_plan,
+								   "SELECT height, head_hash, rows_total, horizon_xid"
+								   " FROM audit.audit_chain_state FOR UPDATE", 0, NULL),
+						 NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit.audit_chain_state must hold exactly one row"),
+				 errhint("The chain state was altered outside audit_db; reinstall the extension from a backup.")));
+	st.height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		bytea	   *head = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (VARSIZE_ANY_EXHDR(head) != AUDIT_HASH_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("audit chain head hash has %d bytes, expected %d",
+							(int) VARSIZE_ANY_EXHDR(head), AUDIT_HASH_LEN),
+					 errhint("The chain state was altered outside audit_db; audit.verify() tells where the chain breaks.")));
+		memcpy(st.head_hash, VARDATA_ANY(head), AUDIT_HASH_LEN);
+	}
+	st.rows_total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	st.xid_from = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	st.xid_to = horizon;
+	st.sealed_at = GetCurrentTimestamp();
+	st.result.height = st.height;
+
+	if (horizon <= st.xid_from)
+	{
+		SPI_finish();
+		return st.result;
+	}
+
+	st.ids = palloc(sizeof(Datum) * audit_seal_block_rows);
+	st.leaves = palloc((Size) AUDIT_HASH_LEN * audit_seal_block_rows);
+
+	/* The rows come through the BRIN index on transaction_id. */
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	portal = SPI_cursor_open(NULL,
+							 keep_plan(&rows_plan,
+									   "SELECT tableoid, id, hash FROM audit.audit_log"
+									   " WHERE transaction_id >= $1 AND transaction_id < $2"
+									   " ORDER BY tableoid, transaction_id, id",
+									   2, (Oid[]) {INT8OID, INT8OID}),
+							 (Datum[]) {Int64GetDatum(st.xid_from), Int64GetDatum(horizon)},
+							 NULL, true);
+
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "audit seal batch", ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, SEAL_FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		oldcxt = MemoryContextSwitchTo(batch_cxt);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			Oid			part = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			bytea	   *hash = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
+
+			if (part != current_part || st.nrows == audit_seal_block_rows)
+			{
+				MemoryContextSwitchTo(oldcxt);
+				flush_block(&st);
+				if (part != current_part)
+				{
+					audit_partition_bounds(part, &st.part);
+					st.touched = lappend_oid(st.touched, part);
+					current_part = part;
+				}
+				MemoryContextSwitchTo(batch_cxt);
+			}
+
+			st.ids[st.nrows] = Int64GetDatum(id);
+			if (VARSIZE_ANY_EXHDR(hash) == AUDIT_HASH_LEN)
+				memcpy(st.leaves + (size_t) st.nrows * AUDIT_HASH_LEN, VARDATA_ANY(hash), AUDIT_HASH_LEN);
+			else
+			{
+				/* Sealed as it is found: verification reports the row. */
+				ereport(WARNING,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("audit row %lld has a hash of %d bytes; sealing it as all zeros",
+								(long long) id, (int) VARSIZE_ANY_EXHDR(hash)),
+						 errhint("The row was altered outside audit_db; audit.verify() reports it.")));
+				memset(st.leaves + (size_t) st.nrows * AUDIT_HASH_LEN, 0, AUDIT_HASH_LEN);
+			}
+			st.nrows++;
+		}
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(batch_cxt);
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	AtEOXact_GUC(true, save_nestlevel);
+	flush_block(&st);
+
+	if (st.result.blocks > 0)
+	{
+		int			rc;
+
+		rc = SPI_execute_plan(keep_plan(&update_plan,
+										"UPDATE audit.audit_chain_state SET height = $1, head_hash = $2,"
+										" rows_total = $3, horizon_xid = $4, last_sealed_at = $5",
+										5, (Oid[]) {INT8OID, BYTEAOID, INT8OID, INT8OID, TIMESTAMPTZOID}),
+							  (Datum[]) {Int64GetDatum(st.height),
+								  PointerGetDatum(audit_bytea_from_bytes(st.head_hash, AUDIT_HASH_LEN)),
+								  Int64GetDatum(st.rows_total), Int64GetDatum(horizon),
+							  TimestampTzGetDatum(st.sealed_at)},
+							  NULL, false, 0);
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "updating chain state failed: %s", SPI_result_code_string(rc));
+		summarize_brin(st.touched);
+	}
+	st.result.height = st.height;
+
+	MemoryContextDelete(batch_cxt);
+	SPI_finish();
+	return st.result;
+}
+
+PG_FUNCTION_INFO_V1(audit_seal_sql);
+
+/*
+ * audit_seal_sql
+ *		SQL function audit.seal(): one seal run; returns (blocks,
+ *		rows_sealed, height).
+ */
+Datum
+audit_seal_sql(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	AuditSealResult r;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "audit.seal() must return a row");
+	r = audit_seal_run();
+	values[0] = Int32GetDatum(r.blocks);
+	values[1] = Int64GetDatum(r.rows);
+	values[2] = Int64GetDatum(r.height);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

@@ -1,0 +1,1272 @@
+/*-------------------------------------------------------------------------
+ *
+ * verification.c
+ *	  audit.verify(): recompute every leaf hash, Merkle root and header link
+ *	  of the audit chain and report each problem where it is; the record of
+ *	  each run in audit.audit_integrity_log; the progress of running
+ *	  verifications (shared memory, with the library preloaded).
+ *
+ * Two passes, one snapshot:
+ *	1. The header chain, in height order: each header hash is recomputed
+ *	   from its fields, each prev_hash must be the previous header hash,
+ *	   heights and running row totals must follow on, and the chain state
+ *	   row must name the last block.  Leaves are not read here.
+ *	2. The rows, partition by partition.  A partition's blocks are loaded
+ *	   (their Merkle roots recomputed from their leaves) as the scan meets
+ *	   rows of their transaction-id interval, and dropped once all their
+ *	   rows were seen, so memory follows how far the heap's physical order
+ *	   strays from transaction order, not the size of the log.  Each row's
+ *	   leaf is recomputed from its fields and compared with the leaf sealed
+ *	   at its position.  Sealed leaves never met are missing rows; rows
+ *	   below the sealed horizon that no block holds were inserted behind
+ *	   the sealer's back.
+ *
+ * The function only reads, except for its own record in
+ * audit.audit_integrity_log, which is skipped on a hot standby or in a
+ * read-only transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "audit_db.h"
+#include "audit_log_columns.h"
+#include "hashing.h"
+#include "partitions.h"
+#include "sealing.h"
+#include "verification.h"
+
+int			audit_unsealed_grace = 60;
+
+/* Where a sealed row id sits: an open block and a position in it. */
+typedef struct SealedRow
+{
+	int64		id;
+	uint32		status;			/* simplehash */
+	int32		block;			/* index into VerifyState.blocks */
+	int32		pos;
+	bool		seen;
+} SealedRow;
+
+#define SH_PREFIX			sealed
+#define SH_ELEMENT_TYPE		SealedRow
+#define SH_KEY_TYPE			int64
+#define SH_KEY				id
+#define SH_HASH_KEY(tb, key) murmurhash32((uint32) (key) ^ (uint32) ((uint64) (key) >> 32))
+#define SH_EQUAL(tb, a, b)	((a) == (b))
+#define SH_SCOPE			static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+/* A block of the current partition whose rows are being matched. */
+typedef struct OpenBlock
+{
+	bool		in_use;
+	int64		height;
+	int64		xid_from;
+	int64		xid_to;
+	int32		n;
+	int32		seen;
+	int64	   *ids;
+	uint8	   *leaves;
+} OpenBlock;
+
+typedef struct VerifyState
+{
+	/* Output */
+	Tuplestorestate *out;
+	TupleDesc	outdesc;
+	int64		problems;
+	int			max_problems;
+	char	   *first_problem;
+
+	/* Scope */
+	bool		has_from;
+	bool		has_to;
+	TimestampTz from_time;
+	TimestampTz to_time;
+	char	   *organization;
+	bool		since_last;
+	int			progress_every;
+
+	/* The chain as the snapshot sees it */
+	int64		state_height;
+	uint8		state_head[AUDIT_HASH_LEN];
+	int64		horizon;
+	TimestampTz last_sealed_at;
+	bool		has_last_sealed;
+	int64		next_xid;
+	TimestampTz now;
+
+	/* Incremental verification */
+	int64		check_from_height;	/* first header checked */
+	int64		rows_from_height;	/* first block whose rows are checked */
+	int64		rows_min_xid;
+	bool		has_prior_head;
+	uint8		prior_head[AUDIT_HASH_LEN];
+
+	/* Progress */
+	int64		blocks_checked;
+	int64		blocks_total;
+	int64		rows_checked;
+	int64		rows_unsealed;
+	int64		last_height;
+	uint8		last_hash[AUDIT_HASH_LEN];
+
+	/* Pass 2: the blocks of the partition being scanned */
+	Portal		block_cursor;
+	bool		block_cursor_done;
+	SPITupleTable *pending_tuptable;	/* holds the pending block */
+	HeapTuple	pending_block;	/* fetched, not yet loaded */
+	TupleDesc	pending_desc;
+	sealed_hash *sealed;
+	OpenBlock  *blocks;
+	int			nblocks;
+	MemoryContext cxt;
+	MemoryContext row_cxt;
+} VerifyState;
+
+/* Shared progress slots (only with the library preloaded). */
+#define PROGRESS_SLOTS 32
+
+typedef struct ProgressSlot
+{
+	int			pid;
+	TimestampTz started_at;
+	char		phase[24];
+	int64		blocks_done;
+	int64		blocks_total;
+	int64		rows_done;
+	int64		problems;
+} ProgressSlot;
+
+typedef struct ProgressShared
+{
+	slock_t		mutex;
+	ProgressSlot slots[PROGRESS_SLOTS];
+} ProgressShared;
+
+static ProgressShared *progress_shared = NULL;
+static ProgressSlot *my_slot = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+progress_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sizeof(ProgressShared));
+}
+
+static void
+progress_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	progress_shared = ShmemInitStruct("audit_db verification progress", sizeof(ProgressShared), &found);
+	if (!found)
+	{
+		memset(progress_shared, 0, sizeof(ProgressShared));
+		SpinLockInit(&progress_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+audit_verification_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = progress_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = progress_shmem_startup;
+}
+
+static void
+progress_begin(void)
+{
+	my_slot = NULL;
+	if (progress_shared == NULL)
+		return;
+	SpinLockAcquire(&progress_shared->mutex);
+	for (int i = 0; i < PROGRESS_SLOTS; i++)
+	{
+		ProgressSlot *s = &progress_shared->slots[i];
+
+		if (s->pid == 0 || s->pid == MyProcPid)
+		{
+			memset(s, 0, sizeof(*s));
+			s->pid = MyProcPid;
+			s->started_at = GetCurrentTimestamp();
+			strlcpy(s->phase, "headers", sizeof(s->phase));
+			my_slot = s;
+			break;
+		}
+	}
+	SpinLockRelease(&progress_shared->mutex);
+}
+
+static void
+progress_update(VerifyState *vs, const char *phase)
+{
+	if (my_slot == NULL)
+		return;
+	SpinLockAcquire(&progress_shared->mutex);
+	if (phase)
+		strlcpy(my_slot->phase, phase, sizeof(my_slot->phase));
+	my_slot->blocks_done = vs->blocks_checked;
+	my_slot->blocks_total = vs->blocks_total;
+	my_slot->rows_done = vs->rows_checked;
+	my_slot->problems = vs->problems;
+	SpinLockRelease(&progress_shared->mutex);
+}
+
+static void
+progress_end(void)
+{
+	if (my_slot == NULL)
+		return;
+	SpinLockAcquire(&progress_shared->mutex);
+	my_slot->pid = 0;
+	SpinLockRelease(&progress_shared->mutex);
+	my_slot = NULL;
+}
+
+/*
+ * report
+ *		One problem: a result row (up to max_problems) and the counts.
+ */
+static void
+report(VerifyState *vs, int64 height, int64 row_id, const char *field,
+	   const char *problem, const char *detail)
+{
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	vs->problems++;
+	if (vs->first_problem == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(vs->cxt);
+
+		vs->first_problem = psprintf("%s at block %s row %s: %s", problem,
+									 height > 0 ? psprintf("%lld", (long long) height) : "-",
+									 row_id > 0 ? psprintf("%lld", (long long) row_id) : "-",
+									 detail);
+		MemoryContextSwitchTo(old);
+	}
+	if (vs->problems > vs->max_problems)
+		return;
+
+	values[0] = Int64GetDatum(height);
+	nulls[0] = (height <= 0);
+	values[1] = Int64GetDatum(row_id);
+	nulls[1] = (row_id <= 0);
+	nulls[2] = (field == NULL);
+	if (field)
+		values[2] = CStringGetTextDatum(field);
+	values[3] = CStringGetTextDatum(problem);
+	values[4] = CStringGetTextDatum(detail);
+	tuplestore_putvalues(vs->out, vs->outdesc, values, nulls);
+}
+
+static bool
+bytea_is_hash(Datum d, bool isnull, uint8 out[AUDIT_HASH_LEN])
+{
+	bytea	   *b;
+
+	if (isnull)
+		return false;
+	b = DatumGetByteaPP(d);
+	if (VARSIZE_ANY_EXHDR(b) != AUDIT_HASH_LEN)
+		return false;
+	memcpy(out, VARDATA_ANY(b), AUDIT_HASH_LEN);
+	return true;
+}
+
+/* Pass 1: the header chain ------------------------------------------------- */
+
+static void
+read_state(VerifyState *vs)
+{
+	bool		isnull;
+	TupleDesc	d;
+	HeapTuple	t;
+
+	if (SPI_execute("SELECT height, head_hash, horizon_xid, last_sealed_at FROM audit.audit_chain_state",
+					true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+	{
+		report(vs, 0, 0, "audit_chain_state", "modified", "the chain state table must hold exactly one row");
+		vs->state_height = -1;
+		return;
+	}
+	d = SPI_tuptable->tupdesc;
+	t = SPI_tuptable->vals[0];
+	vs->state_height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+	if (!bytea_is_hash(SPI_getbinval(t, d, 2, &isnull), isnull, vs->state_head))
+		report(vs, 0, 0, "audit_chain_state", "modified", "the chain head hash is not 32 bytes");
+	vs->horizon = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+	vs->last_sealed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 4, &isnull));
+	vs->has_last_sealed = !isnull;
+}
+
+/*
+ * prior_verification
+ *		For since_last: the head of the last clean whole-log verification.
+ */
+static void
+prior_verification(VerifyState *vs)
+{
+	bool		isnull;
+
+	vs->check_from_height = 1;
+	vs->rows_from_height = 1;
+	vs->rows_min_xid = 0;
+	if (!vs->since_last)
+		return;
+
+	if (SPI_execute("SELECT to_height, head_hash FROM audit.audit_integrity_log"
+					" WHERE status = 'clean' AND scope->>'organization_id' IS NULL"
+					" AND scope->>'from_time' IS NULL AND scope->>'to_time' IS NULL"
+					" ORDER BY run_id DESC LIMIT 1", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit.audit_integrity_log failed");
+	if (SPI_processed == 0)
+		return;					/* nothing verified yet: everything is new */
+
+	vs->check_from_height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	vs->has_prior_head = bytea_is_hash(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull),
+									   isnull, vs->prior_head);
+	if (vs->check_from_height < 1)
+	{
+		vs->check_from_height = 1;
+		vs->has_prior_head = false;
+	}
+
+	/*
+	 * Rows of blocks above that height, and of the seal run that ended the
+	 * last verification (its blocks share one transaction interval), are
+	 * checked; they are the rows from that run's xid_from on.  If that block
+	 * is gone, everything is checked (and the header pass reports it).
+	 */
+	vs->rows_from_height = 1;
+	if (SPI_execute_with_args("SELECT min(b.height), min(b.xid_from) FROM audit.audit_chain_block b"
+							  " WHERE b.xid_to = (SELECT xid_to FROM audit.audit_chain_block WHERE height = $1)",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->check_from_height)},
+							  NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		Datum		h = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			vs->rows_from_height = DatumGetInt64(h);
+			vs->rows_min_xid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+			if (vs->rows_min_xid <= 0)
+				vs->rows_min_xid = 1;
+		}
+	}
+}
+
+static void
+check_headers(VerifyState *vs)
+{
+	Portal		portal;
+	int64		expect = vs->check_from_height;
+	int64		prev_total = -1;
+	int64		prev_xid_from = 0;
+	bool		have_prev = false;
+	uint8		prev_hash[AUDIT_HASH_LEN];
+
+	if (expect == 1)
+	{
+		memset(prev_hash, 0, AUDIT_HASH_LEN);
+		prev_total = 0;
+		have_prev = true;
+	}
+
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT height, kind, partition_from, partition_to, xid_from, xid_to,"
+									   " row_count, rows_total, merkle_root, sealed_at, prev_hash, header_hash"
+									   " FROM audit.audit_chain_block WHERE height >= $1 ORDER BY height",
+									   1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->check_from_height)},
+									   NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			bool		isnull,
+						null_from,
+						null_to;
+			AuditBlockHeader h;
+			uint8		stored_prev[AUDIT_HASH_LEN];
+			uint8		stored_hash[AUDIT_HASH_LEN];
+			uint8		computed[AUDIT_HASH_LEN];
+			char	   *kind;
+			bool		hashes_ok;
+
+			CHECK_FOR_INTERRUPTS();
+			memset(&h, 0, sizeof(h));
+			h.height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+			kind = TextDatumGetCString(SPI_getbinval(t, d, 2, &isnull));
+			h.kind = kind;
+			h.partition_from = DatumGetTimestampTz(SPI_getbinval(t, d, 3, &null_from));
+			h.partition_to = DatumGetTimestampTz(SPI_getbinval(t, d, 4, &null_to));
+			h.in_default_partition = null_from || null_to;
+			h.xid_from = DatumGetInt64(SPI_getbinval(t, d, 5, &isnull));
+			h.xid_to = DatumGetInt64(SPI_getbinval(t, d, 6, &isnull));
+			h.row_count = DatumGetInt32(SPI_getbinval(t, d, 7, &isnull));
+			h.rows_total = DatumGetInt64(SPI_getbinval(t, d, 8, &isnull));
+			hashes_ok = bytea_is_hash(SPI_getbinval(t, d, 9, &isnull), isnull, h.merkle_root);
+			h.sealed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 10, &isnull));
+			hashes_ok &= bytea_is_hash(SPI_getbinval(t, d, 11, &isnull), isnull, stored_prev);
+			hashes_ok &= bytea_is_hash(SPI_getbinval(t, d, 12, &isnull), isnull, stored_hash);
+			memcpy(h.prev_hash, stored_prev, AUDIT_HASH_LEN);
+
+			if (h.height != expect)
+			{
+				if (h.height > expect)
+					report(vs, expect, 0, "height", "missing",
+						   psprintf("blocks %lld to %lld are missing from the chain",
+									(long long) expect, (long long) h.height - 1));
+				have_prev = false;
+			}
+			expect = h.height + 1;
+
+			if (!hashes_ok)
+				report(vs, h.height, 0, "header_hash", "modified",
+					   "a hash of the block header is not 32 bytes");
+			else
+			{
+				audit_block_header_hash(&h, computed);
+				if (memcmp(computed, stored_hash, AUDIT_HASH_LEN) != 0)
+					report(vs, h.height, 0, "header", "modified",
+						   "the block header hash does not match the header's fields");
+				if (h.height == vs->check_from_height && vs->has_prior_head &&
+					memcmp(stored_hash, vs->prior_head, AUDIT_HASH_LEN) != 0)
+					report(vs, h.height, 0, "header_hash", "modified",
+						   "the block no longer has the header hash the last verification saw");
+				if (have_prev && memcmp(stored_prev, prev_hash, AUDIT_HASH_LEN) != 0)
+					report(vs, h.height, 0, "prev_hash", "modified",
+						   "the block does not link to the header hash of the block before it");
+			}
+			if (have_prev && prev_total >= 0 && h.rows_total != prev_total + h.row_count)
+				report(vs, h.height, 0, "rows_total", "modified",
+					   "the running row count does not follow from the block before it");
+			if (have_prev && h.xid_from < prev_xid_from)
+				report(vs, h.height, 0, "xid_from", "reordered",
+					   "the block's transaction interval starts before the previous block's");
+
+			memcpy(prev_hash, stored_hash, AUDIT_HASH_LEN);
+			prev_total = h.rows_total;
+			prev_xid_from = h.xid_from;
+			have_prev = true;
+			vs->last_height = h.height;
+			memcpy(vs->last_hash, stored_hash, AUDIT_HASH_LEN);
+			if (h.height >= vs->rows_from_height)
+				vs->blocks_total++;
+			pfree(kind);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+
+	/* The state row must name the last block. */
+	if (vs->state_height >= 0)
+	{
+		int64		last = vs->last_height;
+
+		if (vs->check_from_height > 1 && last == 0)
+			last = vs->check_from_height - 1;
+		if (vs->state_height != last && !(last == 0 && vs->state_height == 0))
+			report(vs, vs->state_height, 0, "height", "missing",
+				   psprintf("the chain state names height %lld but the last block is %lld",
+							(long long) vs->state_height, (long long) last));
+		else if (last > 0 && memcmp(vs->state_head, vs->last_hash, AUDIT_HASH_LEN) != 0)
+			report(vs, last, 0, "head_hash", "modified",
+				   "the chain state's head hash is not the last block's header hash");
+	}
+}
+
+/* Pass 2: rows against their blocks ---------------------------------------- */
+
+static int
+open_block_slot(VerifyState *vs)
+{
+	for (int i = 0; i < vs->nblocks; i++)
+		if (!vs->blocks[i].in_use)
+			return i;
+	if (vs->nblocks % 64 == 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(vs->cxt);
+
+		if (vs->blocks == NULL)
+			vs->blocks = palloc0(sizeof(OpenBlock) * 64);
+		else
+			vs->blocks = repalloc(vs->blocks, sizeof(OpenBlock) * (vs->nblocks + 64));
+		MemoryContextSwitchTo(old);
+	}
+	memset(&vs->blocks[vs->nblocks], 0, sizeof(OpenBlock));
+	return vs->nblocks++;
+}
+
+/*
+ * fetch_pending_block
+ *		Make the next block of the partition (if any) the pending one.
+ */
+static bool
+fetch_pending_block(VerifyState *vs)
+{
+	if (vs->pending_block)
+		return true;
+	if (vs->block_cursor_done)
+		return false;
+	SPI_cursor_fetch(vs->block_cursor, true, 1);
+	if (SPI_processed == 0)
+	{
+		vs->block_cursor_done = true;
+		return false;
+	}
+	vs->pending_tuptable = SPI_tuptable;
+	vs->pending_block = SPI_tuptable->vals[0];
+	vs->pending_desc = SPI_tuptable->tupdesc;
+	return true;
+}
+
+/*
+ * load_pending_block
+ *		Check the pending block's leaves against its Merkle root and enter
+ *		its row ids into the lookup table.
+ */
+static void
+load_pending_block(VerifyState *vs)
+{
+	HeapTuple	t = vs->pending_block;
+	TupleDesc	d = vs->pending_desc;
+	bool		isnull;
+	int64		height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+	int32		n = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
+	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(t, d, 3, &isnull));
+	bytea	   *leaves = DatumGetByteaPP(SPI_getbinval(t, d, 4, &isnull));
+	uint8		root[AUDIT_HASH_LEN];
+	uint8		computed[AUDIT_HASH_LEN];
+	int			slot = open_block_slot(vs);
+	OpenBlock  *b = &vs->blocks[slot];
+	int			nids = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	int			nleaves = VARSIZE_ANY_EXHDR(leaves) / AUDIT_HASH_LEN;
+	MemoryContext old;
+
+	b->in_use = true;
+	b->height = height;
+	b->xid_from = DatumGetInt64(SPI_getbinval(t, d, 6, &isnull));
+	b->xid_to = DatumGetInt64(SPI_getbinval(t, d, 7, &isnull));
+	b->seen = 0;
+
+	if (nids != n || nleaves != n || VARSIZE_ANY_EXHDR(leaves) % AUDIT_HASH_LEN != 0 ||
+		ARR_HASNULL(ids) || ARR_ELEMTYPE(ids) != INT8OID)
+	{
+		report(vs, height, 0, "row_ids", "modified",
+			   psprintf("the block lists %d row ids and %d leaves for %d rows", nids, nleaves, n));
+		n = Min(nids, nleaves);
+	}
+	b->n = n;
+
+	old = MemoryContextSwitchTo(vs->cxt);
+	b->ids = palloc(sizeof(int64) * Max(n, 1));
+	b->leaves = palloc((Size) AUDIT_HASH_LEN * Max(n, 1));
+	MemoryContextSwitchTo(old);
+	if (n > 0)
+	{
+		memcpy(b->ids, ARR_DATA_PTR(ids), sizeof(int64) * n);
+		memcpy(b->leaves, VARDATA_ANY(leaves), (Size) AUDIT_HASH_LEN * n);
+	}
+
+	if (!bytea_is_hash(SPI_getbinval(t, d, 5, &isnull), isnull, root))
+		report(vs, height, 0, "merkle_root", "modified", "the Merkle root is not 32 bytes");
+	else
+	{
+		audit_merkle_root(b->leaves, n, computed);
+		if (memcmp(root, computed, AUDIT_HASH_LEN) != 0)
+			report(vs, height, 0, "leaves", "modified",
+				   "the block's leaves do not produce its Merkle root");
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		found;
+		SealedRow  *e = sealed_insert(vs->sealed, b->ids[i], &found);
+
+		if (found)
+		{
+			report(vs, height, b->ids[i], "row_ids", "modified",
+				   psprintf("row id sealed twice (also in block %lld)",
+							(long long) vs->blocks[e->block].height));
+			b->seen++;			/* the duplicate can never be matched */
+			continue;
+		}
+		e->block = slot;
+		e->pos = i;
+		e->seen = false;
+	}
+
+	vs->blocks_checked++;
+	if (vs->progress_every > 0 && vs->blocks_checked % vs->progress_every == 0)
+		ereport(NOTICE,
+				(errmsg("audit.verify: %lld of %lld blocks, %lld rows checked, %lld problems",
+						(long long) vs->blocks_checked, (long long) vs->blocks_total,
+						(long long) vs->rows_checked, (long long) vs->problems)));
+	if (vs->blocks_checked % 64 == 0)
+		progress_update(vs, NULL);
+
+	SPI_freetuptable(vs->pending_tuptable);
+	vs->pending_tuptable = NULL;
+	vs->pending_block = NULL;
+}
+
+/*
+ * close_block
+ *		Report the block's rows never met, forget its ids, free its arrays.
+ */
+static void
+close_block(VerifyState *vs, int slot)
+{
+	OpenBlock  *b = &vs->blocks[slot];
+	int			missing = 0;
+
+	for (int i = 0; i < b->n; i++)
+	{
+		SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
+
+		if (e == NULL || e->block != slot)
+			continue;
+		if (!e->seen)
+			missing++;
+	}
+	if (missing > 0 && missing == b->n && b->n > 1)
+		report(vs, b->height, 0, NULL, "missing",
+			   psprintf("all %d rows of the block are missing", b->n));
+	else if (missing > 0)
+	{
+		for (int i = 0; i < b->n; i++)
+		{
+			SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
+
+			if (e != NULL && e->block == slot && !e->seen)
+				report(vs, b->height, b->ids[i], NULL, "missing", "a sealed row is not in the log");
+		}
+	}
+	for (int i = 0; i < b->n; i++)
+	{
+		SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
+
+		if (e != NULL && e->block == slot)
+			sealed_delete_item(vs->sealed, e);
+	}
+	pfree(b->ids);
+	pfree(b->leaves);
+	b->in_use = false;
+}
+
+/* The org filter: does this row belong to the organization in scope? */
+static bool
+row_in_organization(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *map)
+{
+	text	   *org;
+
+	if (vs->organization == NULL)
+		return true;
+	if (nulls[map->attno[AC_ORGANIZATION_ID]])
+		return false;
+	org = DatumGetTextPP(values[map->attno[AC_ORGANIZATION_ID]]);
+	return VARSIZE_ANY_EXHDR(org) == strlen(vs->organization) &&
+		memcmp(VARDATA_ANY(org), vs->organization, VARSIZE_ANY_EXHDR(org)) == 0;
+}
+
+/*
+ * row_leaf
+ *		Recompute the row's leaf; false (with a reported problem) when the
+ *		row lacks what the leaf needs.
+ */
+static bool
+row_leaf(VerifyState *vs, int64 height, int64 id, Datum *values, bool *nulls,
+		 const AuditColumnMap *map, uint8 leaf[AUDIT_HASH_LEN])
+{
+	uint8		commitment[AUDIT_HASH_LEN];
+	int			salt = map->attno[AC_PERSONAL_DATA_SALT];
+	int			com = map->attno[AC_PERSONAL_DATA_COMMITMENT];
+
+	if (nulls[salt])
+	{
+		bytea	   *c = nulls[com] ? NULL : DatumGetByteaPP(values[com]);
+
+		if (c == NULL || VARSIZE_ANY_EXHDR(c) != AUDIT_HASH_LEN)
+		{
+			report(vs, height, id, "personal_data_salt", "modified",
+				   "the row has neither a salt nor a 32-byte commitment");
+			return false;
+		}
+	}
+	audit_row_commitment(values, nulls, map, commitment, NULL);
+	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
+	return true;
+}
+
+/*
+ * verify_row
+ *		Match one row of the current partition with its sealed leaf.
+ */
+static void
+verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *map)
+{
+	int64		id;
+	int64		xid;
+	SealedRow  *e;
+	OpenBlock  *b;
+	uint8		leaf[AUDIT_HASH_LEN];
+	uint8		stored[AUDIT_HASH_LEN];
+	bool		isnull_hash;
+
+	if (nulls[map->attno[AC_ID]] || nulls[map->attno[AC_TRANSACTION_ID]])
+	{
+		report(vs, 0, 0, nulls[map->attno[AC_ID]] ? "id" : "transaction_id", "inserted",
+			   "a row without an id or transaction id");
+		return;
+	}
+	id = DatumGetInt64(values[map->attno[AC_ID]]);
+	xid = DatumGetInt64(values[map->attno[AC_TRANSACTION_ID]]);
+	if (xid < vs->rows_min_xid)
+		return;					/* verified before (since_last) */
+
+	if (xid >= vs->horizon)
+	{
+		vs->rows_unsealed++;
+		if (!row_in_organization(vs, values, nulls, map))
+			return;
+		if (xid >= vs->next_xid)
+			report(vs, 0, id, "transaction_id", "inserted",
+				   "the row names a transaction id that has not been assigned yet");
+		else if (!nulls[map->attno[AC_TIMESTAMP]] &&
+				 vs->now - DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]]) >
+				 (int64) audit_unsealed_grace * USECS_PER_SEC &&
+				 (!vs->has_last_sealed ||
+				  vs->now - vs->last_sealed_at > (int64) audit_unsealed_grace * USECS_PER_SEC) &&
+				 TransactionIdPrecedes(XidFromFullTransactionId(FullTransactionIdFromU64((uint64) xid)),
+									   GetActiveSnapshot()->xmin))
+			report(vs, 0, id, NULL, "unsealed",
+				   psprintf("the row's transaction finished but it is not sealed, and nothing was sealed for over %d s",
+							audit_unsealed_grace));
+		return;
+	}
+
+	/* Load the blocks up to this row's transaction. */
+	while (fetch_pending_block(vs))
+	{
+		bool		isnull;
+		int64		xf = DatumGetInt64(SPI_getbinval(vs->pending_block, vs->pending_desc, 6, &isnull));
+
+		if (xf > xid)
+			break;
+		load_pending_block(vs);
+	}
+
+	e = sealed_lookup(vs->sealed, id);
+	if (e == NULL)
+	{
+		if (row_in_organization(vs, values, nulls, map))
+			report(vs, 0, id, "transaction_id", "inserted",
+				   "the row is below the sealed horizon but no block of its partition holds it");
+		return;
+	}
+	if (e->seen)
+	{
+		report(vs, vs->blocks[e->block].height, id, "id", "inserted",
+			   "a second row with the id of a sealed row");
+		return;
+	}
+	e->seen = true;
+	b = &vs->blocks[e->block];
+	b->seen++;
+
+	if (row_in_organization(vs, values, nulls, map))
+	{
+		vs->rows_checked++;
+		if (row_leaf(vs, b->height, id, values, nulls, map, leaf))
+		{
+			const uint8 *sealed_leaf = b->leaves + (size_t) e->pos * AUDIT_HASH_LEN;
+
+			if (memcmp(leaf, sealed_leaf, AUDIT_HASH_LEN) != 0)
+			{
+				int			other = -1;
+
+				for (int i = 0; i < b->n && other < 0; i++)
+					if (i != e->pos && memcmp(leaf, b->leaves + (size_t) i * AUDIT_HASH_LEN, AUDIT_HASH_LEN) == 0)
+						other = i;
+				if (other >= 0)
+					report(vs, b->height, id, NULL, "reordered",
+						   psprintf("the row's leaf is sealed at position %d, the block lists the row at %d",
+									other, e->pos));
+				else if (xid < b->xid_from || xid >= b->xid_to)
+					report(vs, b->height, id, "transaction_id", "modified",
+						   "the row's transaction id is outside its block's interval");
+				else
+					report(vs, b->height, id, NULL, "modified",
+						   "the row's fields do not produce the leaf hash sealed for it");
+			}
+			else if (!bytea_is_hash(values[map->attno[AC_HASH]],
+									(isnull_hash = nulls[map->attno[AC_HASH]]), stored) ||
+					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
+				report(vs, b->height, id, "hash", "modified",
+					   "the row's stored hash differs from its sealed leaf");
+		}
+	}
+
+	if (b->seen == b->n)
+		close_block(vs, e->block);
+}
+
+/*
+ * open_partition_blocks / finish_partition
+ *		Start and end the blocks of one partition's bounds.
+ */
+static void
+open_partition_blocks(VerifyState *vs, const AuditPartition *part)
+{
+	if (part->unbounded)
+		vs->block_cursor = SPI_cursor_open_with_args(NULL,
+													 "SELECT height, row_count, row_ids, leaves, merkle_root, xid_from, xid_to"
+													 " FROM audit.audit_chain_block"
+													 " WHERE partition_from IS NULL AND height >= $1 ORDER BY height",
+													 1, (Oid[]) {INT8OID},
+													 (Datum[]) {Int64GetDatum(vs->rows_from_height)},
+													 NULL, true, 0);
+	else
+		vs->block_cursor = SPI_cursor_open_with_args(NULL,
+													 "SELECT height, row_count, row_ids, leaves, merkle_root, xid_from, xid_to"
+													 " FROM audit.audit_chain_block"
+													 " WHERE partition_from = $2 AND partition_to = $3 AND height >= $1"
+													 " ORDER BY height",
+													 3, (Oid[]) {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID},
+													 (Datum[]) {Int64GetDatum(vs->rows_from_height),
+														 TimestampTzGetDatum(part->from),
+													 TimestampTzGetDatum(part->to)},
+													 NULL, true, 0);
+	vs->block_cursor_done = false;
+	vs->pending_block = NULL;
+	vs->sealed = sealed_create(vs->cxt, 1024, NULL);
+}
+
+static void
+finish_partition(VerifyState *vs)
+{
+	while (fetch_pending_block(vs))
+		load_pending_block(vs);
+	for (int i = 0; i < vs->nblocks; i++)
+		if (vs->blocks[i].in_use)
+			close_block(vs, i);
+	SPI_cursor_close(vs->block_cursor);
+	sealed_destroy(vs->sealed);
+	vs->sealed = NULL;
+}
+
+/*
+ * scan_partition
+ *		Feed every row of one partition to verify_row: a sequential scan for
+ *		a whole verification, the BRIN index for rows newer than the last.
+ */
+static void
+scan_partition(VerifyState *vs, Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	const AuditColumnMap *map = audit_columns_for_relation(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (vs->rows_min_xid <= 0)
+	{
+		/* From the first page on (no synchronized scan): see load order. */
+		TableScanDesc scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, true, false);
+		TupleTableSlot *slot = table_slot_create(rel, NULL);
+
+		while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		{
+			MemoryContext old;
+
+			CHECK_FOR_INTERRUPTS();
+			slot_getallattrs(slot);
+			old = MemoryContextSwitchTo(vs->row_cxt);
+			verify_row(vs, slot->tts_values, slot->tts_isnull, map);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(vs->row_cxt);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		table_endscan(scan);
+	}
+	else
+	{
+		StringInfoData sql;
+		Portal		portal;
+		int			save_nestlevel = NewGUCNestLevel();
+		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT * FROM ONLY %s WHERE transaction_id >= $1",
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													RelationGetRelationName(rel)));
+		portal = SPI_cursor_open_with_args(NULL, sql.data, 1, (Oid[]) {INT8OID},
+										   (Datum[]) {Int64GetDatum(vs->rows_min_xid)}, NULL, true, 0);
+		for (;;)
+		{
+			SPITupleTable *tt;
+			uint64		fetched;
+
+			SPI_cursor_fetch(portal, true, 1000);
+			if (SPI_processed == 0)
+				break;
+			tt = SPI_tuptable;
+			fetched = SPI_processed;
+
+			for (uint64 i = 0; i < fetched; i++)
+			{
+				MemoryContext old;
+
+				CHECK_FOR_INTERRUPTS();
+				heap_deform_tuple(tt->vals[i], tt->tupdesc, values, nulls);
+				old = MemoryContextSwitchTo(vs->row_cxt);
+				verify_row(vs, values, nulls, map);
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(vs->row_cxt);
+			}
+			SPI_freetuptable(tt);
+		}
+		SPI_cursor_close(portal);
+		AtEOXact_GUC(true, save_nestlevel);
+	}
+	table_close(rel, AccessShareLock);
+}
+
+static void
+check_rows(VerifyState *vs)
+{
+	int			nparts;
+	AuditPartition *parts = audit_log_partitions(&nparts);
+
+	for (int i = 0; i < nparts; i++)
+	{
+		int			j;
+
+		if (vs->has_from && !parts[i].unbounded && parts[i].to <= vs->from_time)
+			continue;
+		if (vs->has_to && !parts[i].unbounded && parts[i].from >= vs->to_time)
+			continue;
+
+		open_partition_blocks(vs, &parts[i]);
+		/* Partitions with the same bounds (only unbounded ones) share blocks. */
+		for (j = i; j < nparts && audit_partition_same_bounds(&parts[i], &parts[j]); j++)
+			scan_partition(vs, parts[j].relid);
+		finish_partition(vs);
+		i = j - 1;
+	}
+	progress_update(vs, "done");
+}
+
+/*
+ * check_orphan_blocks
+ *		Blocks whose partition no longer exists: all their rows are missing.
+ */
+static void
+check_orphan_blocks(VerifyState *vs)
+{
+	int			nparts;
+	AuditPartition *parts = audit_log_partitions(&nparts);
+	bool		isnull;
+
+	if (vs->has_from || vs->has_to)
+		return;
+	if (SPI_execute_with_args("SELECT height, row_count, partition_from, partition_to"
+							  " FROM audit.audit_chain_block WHERE height >= $1 ORDER BY height",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->rows_from_height)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading chain blocks failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		AuditPartition bp;
+		bool		null_from,
+					null_to,
+					found = false;
+
+		bp.from = DatumGetTimestampTz(SPI_getbinval(t, d, 3, &null_from));
+		bp.to = DatumGetTimestampTz(SPI_getbinval(t, d, 4, &null_to));
+		bp.unbounded = null_from || null_to;
+		for (int i = 0; i < nparts && !found; i++)
+			found = audit_partition_same_bounds(&bp, &parts[i]);
+		if (!found)
+		{
+			vs->blocks_checked++;
+			report(vs, DatumGetInt64(SPI_getbinval(t, d, 1, &isnull)), 0, "partition", "missing",
+				   psprintf("the partition of the block's %d rows no longer exists",
+							DatumGetInt32(SPI_getbinval(t, d, 2, &isnull))));
+		}
+	}
+}
+
+/*
+ * record_run
+ *		Insert this run's row into audit.audit_integrity_log as the table's
+ *		owner (auditors may verify but not write the log themselves).
+ */
+static void
+record_run(VerifyState *vs, TimestampTz started, Jsonb *scope)
+{
+	Oid			save_userid;
+	int			save_sec;
+	Oid			owner;
+	Oid			relid;
+	int			rc;
+
+	if (RecoveryInProgress() || XactReadOnly)
+	{
+		ereport(NOTICE,
+				(errmsg("audit.verify: read-only transaction, the run is not recorded in audit.audit_integrity_log")));
+		return;
+	}
+	relid = get_relname_relid("audit_integrity_log", get_namespace_oid(AUDIT_SCHEMA_NAME, false));
+	{
+		Relation	rel = table_open(relid, AccessShareLock);
+
+		owner = rel->rd_rel->relowner;
+		table_close(rel, AccessShareLock);
+	}
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		Datum		values[12];
+		char		nulls[12];
+
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = TimestampTzGetDatum(started);
+		values[1] = CStringGetTextDatum(GetUserNameFromId(save_userid, false));
+		values[2] = JsonbPGetDatum(scope);
+		values[3] = Int64GetDatum(vs->check_from_height);
+		values[4] = Int64GetDatum(vs->last_height);
+		values[5] = PointerGetDatum(audit_bytea_from_bytes(vs->last_hash, AUDIT_HASH_LEN));
+		if (vs->last_height == 0)
+			nulls[5] = 'n';
+		values[6] = Int64GetDatum(vs->blocks_checked);
+		values[7] = Int64GetDatum(vs->rows_checked);
+		values[8] = Int64GetDatum(vs->rows_unsealed);
+		values[9] = Int64GetDatum(vs->problems);
+		values[10] = vs->first_problem ? CStringGetTextDatum(vs->first_problem) : (Datum) 0;
+		if (vs->first_problem == NULL)
+			nulls[10] = 'n';
+		values[11] = CStringGetTextDatum(vs->problems == 0 ? "clean" : "problems");
+		rc = SPI_execute_with_args("INSERT INTO audit.audit_integrity_log (started_at, finished_at, run_by, scope,"
+								   " from_height, to_height, head_hash, blocks_checked, rows_checked, rows_unsealed,"
+								   " problems, first_problem, status)"
+								   " VALUES ($1, clock_timestamp(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+								   12, (Oid[]) {TIMESTAMPTZOID, TEXTOID, JSONBOID, INT8OID, INT8OID, BYTEAOID,
+									   INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, TEXTOID},
+								   values, nulls, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "recording the verification failed: %s", SPI_result_code_string(rc));
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+}
+
+static Jsonb *
+scope_document(VerifyState *vs)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfoString(&s, "{");
+	appendStringInfo(&s, "\"since_last\": %s", vs->since_last ? "true" : "false");
+	if (vs->has_from)
+	{
+		appendStringInfoString(&s, ", \"from_time\": ");
+		escape_json(&s, timestamptz_to_str(vs->from_time));
+	}
+	if (vs->has_to)
+	{
+		appendStringInfoString(&s, ", \"to_time\": ");
+		escape_json(&s, timestamptz_to_str(vs->to_time));
+	}
+	if (vs->organization)
+	{
+		appendStringInfoString(&s, ", \"organization_id\": ");
+		escape_json(&s, vs->organization);
+	}
+	appendStringInfoString(&s, "}");
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s.data)));
+}
+
+PG_FUNCTION_INFO_V1(audit_verify_sql);
+
+/*
+ * audit_verify_sql
+ *		audit.verify(from_time, to_time, organization_id, since_last,
+ *		max_problems, progress_every): see the file header.
+ */
+Datum
+audit_verify_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	VerifyState vs;
+	TimestampTz started = GetCurrentTimestamp();
+	MemoryContext per_query;
+	MemoryContext old;
+
+	memset(&vs, 0, sizeof(vs));
+	vs.has_from = !PG_ARGISNULL(0);
+	if (vs.has_from)
+		vs.from_time = PG_GETARG_TIMESTAMPTZ(0);
+	vs.has_to = !PG_ARGISNULL(1);
+	if (vs.has_to)
+		vs.to_time = PG_GETARG_TIMESTAMPTZ(1);
+	if (!PG_ARGISNULL(2))
+		vs.organization = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	vs.since_last = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+	vs.max_problems = PG_ARGISNULL(4) ? 1000 : PG_GETARG_INT32(4);
+	vs.progress_every = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT32(5);
+
+	if (vs.max_problems < 0 || vs.progress_every < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_problems and progress_every must not be negative"),
+				 errhint("Pass 0 for progress_every to turn progress notices off.")));
+	if (vs.has_from && vs.has_to && vs.from_time >= vs.to_time)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_time must be earlier than to_time"),
+				 errhint("The range is [from_time, to_time); pass NULL for an open end.")));
+	if (vs.since_last && (vs.has_from || vs.has_to || vs.organization))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("since_last verifies the whole log and cannot be combined with a time range or an organization"),
+				 errhint("Call audit.verify(since_last => true) alone.")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	vs.out = rsinfo->setResult;
+	vs.outdesc = rsinfo->setDesc;
+	per_query = rsinfo->econtext->ecxt_per_query_memory;
+
+	vs.cxt = AllocSetContextCreate(CurrentMemoryContext, "audit verify", ALLOCSET_DEFAULT_SIZES);
+	vs.row_cxt = AllocSetContextCreate(vs.cxt, "audit verify row", ALLOCSET_DEFAULT_SIZES);
+	vs.now = GetCurrentTimestamp();
+	vs.next_xid = (int64) U64FromFullTransactionId(ReadNextFullTransactionId());
+	(void) per_query;
+
+	progress_begin();
+	PG_TRY();
+	{
+		SPI_connect();
+		read_state(&vs);
+		prior_verification(&vs);
+		check_headers(&vs);
+		progress_update(&vs, "rows");
+		old = MemoryContextSwitchTo(vs.cxt);
+		check_rows(&vs);
+		check_orphan_blocks(&vs);
+		MemoryContextSwitchTo(old);
+		if (vs.problems > vs.max_problems)
+			ereport(NOTICE,
+					(errmsg("audit.verify: %lld problems found, the first %d are listed",
+							(long long) vs.problems, vs.max_problems)));
+		if (vs.last_height == 0 && vs.check_from_height > 1)
+		{
+			vs.last_height = vs.check_from_height;
+			if (vs.has_prior_head)
+				memcpy(vs.last_hash, vs.prior_head, AUDIT_HASH_LEN);
+		}
+		record_run(&vs, started, scope_document(&vs));
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		progress_end();
+	}
+	PG_END_TRY();
+
+	MemoryContextDelete(vs.cxt);
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(audit_verification_progress_sql);
+
+/*
+ * audit_verification_progress_sql
+ *		audit.verification_progress(): one row per running audit.verify().
+ */
+Datum
+audit_verification_progress_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (progress_shared == NULL)
+		return (Datum) 0;
+
+	for (int i = 0; i < PROGRESS_SLOTS; i++)
+	{
+		ProgressSlot copy;
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+
+		SpinLockAcquire(&progress_shared->mutex);
+		copy = progress_shared->slots[i];
+		SpinLockRelease(&progress_shared->mutex);
+		if (copy.pid == 0)
+			continue;
+		values[0] = Int32GetDatum(copy.pid);
+		values[1] = TimestampTzGetDatum(copy.started_at);
+		values[2] = CStringGetTextDatum(copy.phase);
+		values[3] = Int64GetDatum(copy.blocks_done);
+		values[4] = Int64GetDatum(copy.blocks_total);
+		values[5] = Int64GetDatum(copy.rows_done);
+		values[6] = Int64GetDatum(copy.problems);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

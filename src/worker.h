@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *	  The background workers: a launcher that starts one worker per
+ *	  database, and the per-database worker that seals the chain.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AUDIT_WORKER_H
+#define AUDIT_WORKER_H
+
+#include "fmgr.h"
+
+/* Settings (documented in audit_db.c). */
+extern int	audit_seal_interval_ms;
+extern int	audit_max_database_workers;
+extern char *audit_skip_databases;
+
+/*
+ * audit_worker_register_launcher
+ *		Called from _PG_init while shared_preload_libraries is processed:
+ *		registers the launcher (not in binary-upgrade mode).
+ */
+extern void audit_worker_register_launcher(void);
+
+/* Entry points named in BackgroundWorker.bgw_function_name. */
+extern PGDLLEXPORT void audit_launcher_main(Datum arg);
+extern PGDLLEXPORT void audit_database_worker_main(Datum dboid);
+
+#endif							/* AUDIT_WORKER_H */
