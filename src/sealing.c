@@ -292,14 +292,20 @@ audit_seal_run(void)
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "audit seal batch", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
+		/* flush_block() runs SPI too: keep this batch's table and count. */
+		SPITupleTable *batch;
+		uint64		nfetched;
+
 		SPI_cursor_fetch(portal, true, SEAL_FETCH_ROWS);
 		if (SPI_processed == 0)
 			break;
+		batch = SPI_tuptable;
+		nfetched = SPI_processed;
 		oldcxt = MemoryContextSwitchTo(batch_cxt);
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (uint64 i = 0; i < nfetched; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
+			HeapTuple	tup = batch->vals[i];
+			TupleDesc	desc = batch->tupdesc;
 			Oid			part = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
 			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 			bytea	   *hash = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
@@ -334,7 +340,7 @@ audit_seal_run(void)
 		}
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(batch_cxt);
-		SPI_freetuptable(SPI_tuptable);
+		SPI_freetuptable(batch);
 	}
 	SPI_cursor_close(portal);
 	AtEOXact_GUC(true, save_nestlevel);

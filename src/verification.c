@@ -128,6 +128,7 @@ typedef struct VerifyState
 	int64		check_from_height;	/* first header checked */
 	int64		rows_from_height;	/* first block whose rows are checked */
 	int64		rows_min_xid;
+	int64		verified_xid_to;	/* end of the last verified run */
 	bool		has_prior_head;
 	uint8		prior_head[AUDIT_HASH_LEN];
 
@@ -373,27 +374,25 @@ prior_verification(VerifyState *vs)
 	}
 
 	/*
-	 * Rows of blocks above that height, and of the seal run that ended the
-	 * last verification (its blocks share one transaction interval), are
-	 * checked; they are the rows from that run's xid_from on.  If that block
-	 * is gone, everything is checked (and the header pass reports it).
+	 * Rows of blocks above that height are checked: those with a transaction
+	 * id from the first such block's xid_from on (set by check_headers).
+	 * Rows of that range that belong to the run the last verification ended
+	 * in were checked then and are skipped.
 	 */
-	vs->rows_from_height = 1;
-	if (SPI_execute_with_args("SELECT min(b.height), min(b.xid_from) FROM audit.audit_chain_block b"
-							  " WHERE b.xid_to = (SELECT xid_to FROM audit.audit_chain_block WHERE height = $1)",
+	vs->rows_from_height = vs->check_from_height + 1;
+	if (SPI_execute_with_args("SELECT xid_to FROM audit.audit_chain_block WHERE height = $1",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->check_from_height)},
 							  NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		vs->verified_xid_to = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	else
 	{
-		Datum		h = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-		{
-			vs->rows_from_height = DatumGetInt64(h);
-			vs->rows_min_xid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-			if (vs->rows_min_xid <= 0)
-				vs->rows_min_xid = 1;
-		}
+		/* That block is gone (the header pass reports it): check everything. */
+		vs->rows_from_height = 1;
+		vs->check_from_height = 1;
+		vs->has_prior_head = false;
+		return;
 	}
+	vs->rows_min_xid = -1;		/* known after the header pass */
 }
 
 static void
@@ -497,12 +496,18 @@ check_headers(VerifyState *vs)
 			vs->last_height = h.height;
 			memcpy(vs->last_hash, stored_hash, AUDIT_HASH_LEN);
 			if (h.height >= vs->rows_from_height)
+			{
+				if (vs->rows_min_xid < 0)
+					vs->rows_min_xid = Max(h.xid_from, 1);
 				vs->blocks_total++;
+			}
 			pfree(kind);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	if (vs->rows_min_xid < 0)
+		vs->rows_min_xid = Max(vs->horizon, 1);	/* no new block: only unsealed rows */
 
 	/* The state row must name the last block. */
 	if (vs->state_height >= 0)
@@ -805,6 +810,8 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	e = sealed_lookup(vs->sealed, id);
 	if (e == NULL)
 	{
+		if (vs->since_last && xid < vs->verified_xid_to)
+			return;				/* sealed in a block verified last time */
 		if (row_in_organization(vs, values, nulls, map))
 			report(vs, 0, id, "transaction_id", "inserted",
 				   "the row is below the sealed horizon but no block of its partition holds it");
