@@ -70,7 +70,6 @@ typedef struct SealedRow
 	uint32		status;			/* simplehash */
 	int32		block;			/* index into VerifyState.blocks */
 	int32		pos;
-	bool		seen;
 } SealedRow;
 
 #define SH_PREFIX			sealed
@@ -93,8 +92,11 @@ typedef struct OpenBlock
 	int64		xid_to;
 	int32		n;
 	int32		seen;
+	int32		capacity;		/* of the arrays below, kept for reuse */
 	int64	   *ids;
 	uint8	   *leaves;
+	bool	   *seen_pos;		/* row at this position met */
+	bool		hashed;			/* its ids are in VerifyState.sealed */
 } OpenBlock;
 
 typedef struct VerifyState
@@ -149,6 +151,9 @@ typedef struct VerifyState
 	sealed_hash *sealed;
 	OpenBlock  *blocks;
 	int			nblocks;
+	bool		any_hashed;		/* some open block's ids are in sealed */
+	int			hint_block;		/* where the next row probably is */
+	int			hint_pos;
 	MemoryContext cxt;
 	MemoryContext row_cxt;
 } VerifyState;
@@ -533,7 +538,7 @@ open_block_slot(VerifyState *vs)
 {
 	for (int i = 0; i < vs->nblocks; i++)
 		if (!vs->blocks[i].in_use)
-			return i;
+			return i;		/* its arrays are reused */
 	if (vs->nblocks % 64 == 0)
 	{
 		MemoryContext old = MemoryContextSwitchTo(vs->cxt);
@@ -569,6 +574,52 @@ fetch_pending_block(VerifyState *vs)
 	vs->pending_block = SPI_tuptable->vals[0];
 	vs->pending_desc = SPI_tuptable->tupdesc;
 	return true;
+}
+
+/*
+ * hash_block
+ *		Enter the block's row ids into the id -> (block, position) table.
+ */
+static void
+hash_block(VerifyState *vs, int slot)
+{
+	OpenBlock  *b = &vs->blocks[slot];
+
+	for (int i = 0; i < b->n; i++)
+	{
+		bool		found;
+		SealedRow  *e = sealed_insert(vs->sealed, b->ids[i], &found);
+
+		if (found)
+		{
+			if (vs->blocks[e->block].ids[e->pos] == b->ids[i] && e->block != slot)
+				report(vs, b->height, b->ids[i], "row_ids", "modified",
+					   psprintf("row id sealed twice (also in block %lld)",
+								(long long) vs->blocks[e->block].height));
+			else
+				report(vs, b->height, b->ids[i], "row_ids", "modified", "row id listed twice in the block");
+			b->seen_pos[i] = true;	/* the duplicate can never be matched */
+			b->seen++;
+			continue;
+		}
+		e->block = slot;
+		e->pos = i;
+	}
+	b->hashed = true;
+	vs->any_hashed = true;
+}
+
+/*
+ * hash_open_blocks
+ *		Make sure every open block's ids are in the lookup table.
+ */
+static void
+hash_open_blocks(VerifyState *vs)
+{
+	for (int i = 0; i < vs->nblocks; i++)
+		if (vs->blocks[i].in_use && !vs->blocks[i].hashed)
+			hash_block(vs, i);
+	vs->any_hashed = true;
 }
 
 /*
@@ -609,10 +660,24 @@ load_pending_block(VerifyState *vs)
 	}
 	b->n = n;
 
-	old = MemoryContextSwitchTo(vs->cxt);
-	b->ids = palloc(sizeof(int64) * Max(n, 1));
-	b->leaves = palloc((Size) AUDIT_HASH_LEN * Max(n, 1));
-	MemoryContextSwitchTo(old);
+	if (b->capacity < n || b->ids == NULL)
+	{
+		int			cap = Max(n, audit_seal_block_rows);
+
+		old = MemoryContextSwitchTo(vs->cxt);
+		if (b->ids)
+		{
+			pfree(b->ids);
+			pfree(b->leaves);
+			pfree(b->seen_pos);
+		}
+		b->ids = palloc(sizeof(int64) * Max(cap, 1));
+		b->leaves = palloc((Size) AUDIT_HASH_LEN * Max(cap, 1));
+		b->seen_pos = palloc(sizeof(bool) * Max(cap, 1));
+		b->capacity = cap;
+		MemoryContextSwitchTo(old);
+	}
+	memset(b->seen_pos, 0, sizeof(bool) * Max(n, 1));
 	if (n > 0)
 	{
 		memcpy(b->ids, ARR_DATA_PTR(ids), sizeof(int64) * n);
@@ -629,22 +694,14 @@ load_pending_block(VerifyState *vs)
 				   "the block's leaves do not produce its Merkle root");
 	}
 
-	for (int i = 0; i < n; i++)
+	/* Ids enter the lookup table only when a row misses the sealing order. */
+	b->hashed = false;
+	if (vs->any_hashed)
+		hash_block(vs, slot);
+	if (vs->hint_block < 0)
 	{
-		bool		found;
-		SealedRow  *e = sealed_insert(vs->sealed, b->ids[i], &found);
-
-		if (found)
-		{
-			report(vs, height, b->ids[i], "row_ids", "modified",
-				   psprintf("row id sealed twice (also in block %lld)",
-							(long long) vs->blocks[e->block].height));
-			b->seen++;			/* the duplicate can never be matched */
-			continue;
-		}
-		e->block = slot;
-		e->pos = i;
-		e->seen = false;
+		vs->hint_block = slot;
+		vs->hint_pos = 0;
 	}
 
 	vs->blocks_checked++;
@@ -673,12 +730,15 @@ close_block(VerifyState *vs, int slot)
 
 	for (int i = 0; i < b->n; i++)
 	{
-		SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
+		SealedRow  *e;
 
-		if (e == NULL || e->block != slot)
-			continue;
-		if (!e->seen)
+		if (!b->seen_pos[i])
 			missing++;
+		if (!b->hashed)
+			continue;
+		e = sealed_lookup(vs->sealed, b->ids[i]);
+		if (e != NULL && e->block == slot && e->pos == i)
+			sealed_delete_item(vs->sealed, e);
 	}
 	if (missing > 0 && missing == b->n && b->n > 1)
 		report(vs, b->height, 0, NULL, "missing",
@@ -686,23 +746,28 @@ close_block(VerifyState *vs, int slot)
 	else if (missing > 0)
 	{
 		for (int i = 0; i < b->n; i++)
-		{
-			SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
-
-			if (e != NULL && e->block == slot && !e->seen)
+			if (!b->seen_pos[i])
 				report(vs, b->height, b->ids[i], NULL, "missing", "a sealed row is not in the log");
-		}
 	}
-	for (int i = 0; i < b->n; i++)
-	{
-		SealedRow  *e = sealed_lookup(vs->sealed, b->ids[i]);
-
-		if (e != NULL && e->block == slot)
-			sealed_delete_item(vs->sealed, e);
-	}
-	pfree(b->ids);
-	pfree(b->leaves);
 	b->in_use = false;
+	b->hashed = false;
+	vs->any_hashed = false;
+	for (int i = 0; i < vs->nblocks && !vs->any_hashed; i++)
+		vs->any_hashed = vs->blocks[i].in_use && vs->blocks[i].hashed;
+	if (vs->hint_block == slot)
+	{
+		/* The next row most likely opens the lowest open block. */
+		int64		lowest = PG_INT64_MAX;
+
+		vs->hint_block = -1;
+		for (int i = 0; i < vs->nblocks; i++)
+			if (vs->blocks[i].in_use && vs->blocks[i].height < lowest)
+			{
+				lowest = vs->blocks[i].height;
+				vs->hint_block = i;
+				vs->hint_pos = 0;
+			}
+	}
 }
 
 /* The org filter: does this row belong to the organization in scope? */
@@ -759,6 +824,7 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	int64		id;
 	int64		xid;
 	SealedRow  *e;
+	SealedRow	hint;
 	OpenBlock  *b;
 	uint8		leaf[AUDIT_HASH_LEN];
 	uint8		stored[AUDIT_HASH_LEN];
@@ -807,7 +873,20 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 		load_pending_block(vs);
 	}
 
-	e = sealed_lookup(vs->sealed, id);
+	/* Rows mostly come in sealing order: try the position after the last match. */
+	if (vs->hint_block >= 0 && vs->blocks[vs->hint_block].in_use &&
+		vs->hint_pos < vs->blocks[vs->hint_block].n &&
+		vs->blocks[vs->hint_block].ids[vs->hint_pos] == id)
+	{
+		hint.block = vs->hint_block;
+		hint.pos = vs->hint_pos;
+		e = &hint;
+	}
+	else
+	{
+		hash_open_blocks(vs);
+		e = sealed_lookup(vs->sealed, id);
+	}
 	if (e == NULL)
 	{
 		if (vs->since_last && xid < vs->verified_xid_to)
@@ -817,15 +896,17 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 				   "the row is below the sealed horizon but no block of its partition holds it");
 		return;
 	}
-	if (e->seen)
+	b = &vs->blocks[e->block];
+	if (b->seen_pos[e->pos])
 	{
-		report(vs, vs->blocks[e->block].height, id, "id", "inserted",
+		report(vs, b->height, id, "id", "inserted",
 			   "a second row with the id of a sealed row");
 		return;
 	}
-	e->seen = true;
-	b = &vs->blocks[e->block];
+	b->seen_pos[e->pos] = true;
 	b->seen++;
+	vs->hint_block = e->block;
+	vs->hint_pos = e->pos + 1;
 
 	if (row_in_organization(vs, values, nulls, map))
 	{
@@ -892,6 +973,8 @@ open_partition_blocks(VerifyState *vs, const AuditPartition *part)
 													 NULL, true, 0);
 	vs->block_cursor_done = false;
 	vs->pending_block = NULL;
+	vs->hint_block = -1;
+	vs->any_hashed = false;
 	vs->sealed = sealed_create(vs->cxt, 1024, NULL);
 }
 
