@@ -14,7 +14,11 @@
  */
 #include "postgres.h"
 
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "fmgr.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -28,6 +32,56 @@
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/*
+ * release_database_of
+ *		The database a utility statement needs without other connections
+ *		(dropped, renamed, or copied as a template), or InvalidOid.
+ */
+static Oid
+release_database_of(Node *stmt)
+{
+	if (IsA(stmt, DropdbStmt))
+		return get_database_oid(((DropdbStmt *) stmt)->dbname, true);
+	if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
+		return get_database_oid(((RenameStmt *) stmt)->subname, true);
+	if (IsA(stmt, CreatedbStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((CreatedbStmt *) stmt)->options)
+		{
+			DefElem    *opt = lfirst_node(DefElem, lc);
+
+			if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+				return get_database_oid(defGetString(opt), true);
+		}
+	}
+	return InvalidOid;
+}
+
+/*
+ * audit_process_utility
+ *		Before a statement that needs a database without other connections,
+ *		have audit_db's background worker leave it.
+ */
+static void
+audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					  ProcessUtilityContext context, ParamListInfo params,
+					  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Oid			dboid = release_database_of(pstmt->utilityStmt);
+
+	if (OidIsValid(dboid))
+		audit_worker_release_database(dboid);
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
 
 /* audit_db.max_details_bytes: upper bound of one event's details document. */
 int			audit_max_details_bytes = 1024 * 1024;
@@ -88,7 +142,7 @@ _PG_init(void)
 							"Most audit_db database workers running at once.",
 							"Each needs a slot of max_worker_processes.",
 							&audit_max_database_workers,
-							4,
+							8,
 							0,
 							1024,
 							PGC_SIGHUP,
@@ -111,4 +165,7 @@ _PG_init(void)
 	audit_verification_init();
 	if (process_shared_preload_libraries_in_progress)
 		audit_worker_register_launcher();
+
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = audit_process_utility;
 }

@@ -11,7 +11,8 @@
  *		audit_db.skip_databases is left alone).
  *	  database worker: connects to its database by OID; exits at once if
  *		audit_db is not installed there (the launcher looks again after
- *		a minute); otherwise runs a seal every audit_db.seal_interval.  An
+ *		a minute, or at once when CREATE EXTENSION calls
+ *		audit.wake_launcher()); otherwise runs a seal every audit_db.seal_interval.  An
  *		error is logged and retried with exponential back-off (up to one
  *		minute) instead of ending the worker.
  *
@@ -37,6 +38,9 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -51,10 +55,51 @@
 #include "worker.h"
 
 int			audit_seal_interval_ms = 1000;
-int			audit_max_database_workers = 4;
+int			audit_max_database_workers = 8;
 char	   *audit_skip_databases = NULL;
 
 #define LAUNCHER_NAPTIME_MS		10000
+
+/*
+ * Shared with every backend: the launcher's latch, so that CREATE EXTENSION
+ * can wake it (audit.wake_launcher()) instead of waiting for its next scan.
+ */
+typedef struct LauncherShared
+{
+	slock_t		mutex;
+	Latch	   *latch;
+	bool		rescan;			/* start workers now, ignoring retry delays */
+	Oid			release_db;		/* stop the worker of this database (DROP DATABASE) */
+} LauncherShared;
+
+static LauncherShared *launcher_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+launcher_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sizeof(LauncherShared));
+}
+
+static void
+launcher_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	launcher_shared = ShmemInitStruct("audit_db launcher", sizeof(LauncherShared), &found);
+	if (!found)
+	{
+		memset(launcher_shared, 0, sizeof(LauncherShared));
+		SpinLockInit(&launcher_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
 #define RECHECK_STOPPED_MS		60000
 #define MAX_BACKOFF_MS			60000
 
@@ -65,6 +110,11 @@ audit_worker_register_launcher(void)
 
 	if (IsBinaryUpgrade)
 		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = launcher_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = launcher_shmem_startup;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -212,6 +262,35 @@ start_database_worker(TrackedDatabase *t)
 	}
 }
 
+/*
+ * release_requested_database
+ *		Stop the worker of a database that a backend is about to drop,
+ *		rename or copy (those need it to have no other connection), and keep
+ *		it stopped for a minute.
+ */
+static void
+release_requested_database(void)
+{
+	Oid			dboid;
+
+	if (launcher_shared == NULL)
+		return;
+	SpinLockAcquire(&launcher_shared->mutex);
+	dboid = launcher_shared->release_db;
+	launcher_shared->release_db = InvalidOid;
+	SpinLockRelease(&launcher_shared->mutex);
+	if (!OidIsValid(dboid))
+		return;
+	for (int i = 0; i < ntracked; i++)
+	{
+		if (tracked[i].dboid != dboid)
+			continue;
+		if (tracked[i].handle)
+			TerminateBackgroundWorker(tracked[i].handle);
+		tracked[i].retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RECHECK_STOPPED_MS);
+	}
+}
+
 void
 audit_launcher_main(Datum arg)
 {
@@ -220,6 +299,12 @@ audit_launcher_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("audit_db launcher");
+	if (launcher_shared)
+	{
+		SpinLockAcquire(&launcher_shared->mutex);
+		launcher_shared->latch = MyLatch;
+		SpinLockRelease(&launcher_shared->mutex);
+	}
 
 	for (;;)
 	{
@@ -233,8 +318,21 @@ audit_launcher_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		release_requested_database();
 		list_databases();
 		now = GetCurrentTimestamp();
+		if (launcher_shared)
+		{
+			bool		rescan;
+
+			SpinLockAcquire(&launcher_shared->mutex);
+			rescan = launcher_shared->rescan;
+			launcher_shared->rescan = false;
+			SpinLockRelease(&launcher_shared->mutex);
+			if (rescan)
+				for (int i = 0; i < ntracked; i++)
+					tracked[i].retry_at = 0;
+		}
 		for (int i = 0; i < ntracked; i++)
 			if (worker_running(&tracked[i]))
 				running++;
@@ -257,14 +355,21 @@ audit_launcher_main(Datum arg)
 
 /*
  * seal_once
- *		One seal run in its own transaction.  Returns false (after logging
- *		the error) if it failed; exits the worker if audit_db is gone.
+ *		One seal run in its own transaction: SEAL_FAILED after logging an
+ *		error, SEAL_NO_EXTENSION if audit_db is not installed.
  */
-static bool
+typedef enum SealOutcome
+{
+	SEAL_OK,
+	SEAL_FAILED,
+	SEAL_NO_EXTENSION
+} SealOutcome;
+
+static SealOutcome
 seal_once(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ok = true;
+	volatile SealOutcome outcome = SEAL_OK;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -276,7 +381,7 @@ seal_once(void)
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		proc_exit(0);
+		return SEAL_NO_EXTENSION;
 	}
 
 	PG_TRY();
@@ -291,17 +396,18 @@ seal_once(void)
 		EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		ok = false;
+		outcome = SEAL_FAILED;
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
+	return outcome;
 }
 
 void
 audit_database_worker_main(Datum dboid)
 {
 	int			backoff_ms = 0;
+	int			missing_checks = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -320,14 +426,74 @@ audit_database_worker_main(Datum dboid)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		if (seal_once())
-			backoff_ms = 0;
-		else
-			backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, MAX_BACKOFF_MS);
+		switch (seal_once())
+		{
+			case SEAL_OK:
+				backoff_ms = 0;
+				missing_checks = 0;
+				break;
+			case SEAL_FAILED:
+				backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, MAX_BACKOFF_MS);
+				break;
+			case SEAL_NO_EXTENSION:
+				/* Woken by a CREATE EXTENSION that may not have committed yet: look again a few times. */
+				if (++missing_checks > 5)
+					proc_exit(0);
+				break;
+		}
 
-		wait_ms = Max(audit_seal_interval_ms, backoff_ms);
+		wait_ms = missing_checks > 0 ? 1000 : Max(audit_seal_interval_ms, backoff_ms);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+}
+
+PG_FUNCTION_INFO_V1(audit_wake_launcher_sql);
+
+/*
+ * audit_wake_launcher_sql
+ *		audit.wake_launcher(): ask the launcher (if running) to start the
+ *		workers it is missing now; the install script calls it so that a new
+ *		CREATE EXTENSION is sealed from the first second.  Returns whether a
+ *		launcher was there to wake.
+ */
+Datum
+audit_wake_launcher_sql(PG_FUNCTION_ARGS)
+{
+	Latch	   *latch = NULL;
+
+	if (launcher_shared == NULL)
+		PG_RETURN_BOOL(false);
+	SpinLockAcquire(&launcher_shared->mutex);
+	launcher_shared->rescan = true;
+	latch = launcher_shared->latch;
+	SpinLockRelease(&launcher_shared->mutex);
+	if (latch == NULL)
+		PG_RETURN_BOOL(false);
+	SetLatch(latch);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * audit_worker_release_database
+ *		Ask the launcher to stop the worker connected to dboid, because this
+ *		backend is about to run a command that needs the database to itself
+ *		(DROP DATABASE, ALTER DATABASE ... RENAME, CREATE DATABASE ...
+ *		TEMPLATE); those commands wait a few seconds for other connections to
+ *		end, which is enough.
+ */
+void
+audit_worker_release_database(Oid dboid)
+{
+	Latch	   *latch;
+
+	if (launcher_shared == NULL || !OidIsValid(dboid))
+		return;
+	SpinLockAcquire(&launcher_shared->mutex);
+	launcher_shared->release_db = dboid;
+	latch = launcher_shared->latch;
+	SpinLockRelease(&launcher_shared->mutex);
+	if (latch)
+		SetLatch(latch);
 }

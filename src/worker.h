@@ -23,6 +23,13 @@ extern char *audit_skip_databases;
  */
 extern void audit_worker_register_launcher(void);
 
+/*
+ * audit_worker_release_database
+ *		Have the launcher stop the worker of dboid (before DROP DATABASE and
+ *		other commands that need the database without other connections).
+ */
+extern void audit_worker_release_database(Oid dboid);
+
 /* Entry points named in BackgroundWorker.bgw_function_name. */
 extern PGDLLEXPORT void audit_launcher_main(Datum arg);
 extern PGDLLEXPORT void audit_database_worker_main(Datum dboid);

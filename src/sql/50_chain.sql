@@ -384,3 +384,11 @@ $$;
 CREATE VIEW audit.chain_status AS SELECT * FROM audit.chain_status_row();
 COMMENT ON VIEW audit.chain_status IS
   'Chain height and head, rows sealed and waiting, seal lag, and the oldest open transaction holding sealing back';
+
+-- Wake the background launcher (when audit_db is preloaded) so this
+-- database gets its sealing worker now rather than at the launcher's next scan.
+CREATE FUNCTION audit.wake_launcher() RETURNS boolean
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'audit_wake_launcher_sql';
+COMMENT ON FUNCTION audit.wake_launcher() IS
+  'Ask the audit_db launcher to start this database''s sealing worker now (false without the preload)';

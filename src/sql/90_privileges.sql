@@ -54,3 +54,6 @@ GRANT EXECUTE ON FUNCTION audit.verify(timestamptz, timestamptz, text, boolean, 
                           audit.export_chain(), audit.chain_status_row(),
                           audit.block_header_hash(bigint, text, timestamptz, timestamptz, bigint, bigint, bigint, bigint, bytea, timestamptz, bytea),
                           audit.merkle_path(bytea, integer) TO audit_db_auditor;
+
+-- Last: the sealing worker for this database can start now.
+SELECT audit.wake_launcher();
