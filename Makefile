@@ -26,7 +26,7 @@ OBJS        = src/audit_db.o \
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges
+REGRESS     = install audit_log hashing immutability presets privileges chain
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -320,6 +320,19 @@ bytea_is_hash(Datum d, bool isnull, uint8 out[AUDIT_HASH_LEN])
 	return true;
 }
 
+/*
+ * column_is_hash
+ *		Column col of an SPI result row as a 32-byte hash, if it is one.
+ */
+static bool
+column_is_hash(HeapTuple t, TupleDesc d, int col, uint8 out[AUDIT_HASH_LEN])
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(t, d, col, &isnull);
+
+	return bytea_is_hash(value, isnull, out);
+}
+
 /* Pass 1: the header chain ------------------------------------------------- */
 
 static void
@@ -339,7 +352,7 @@ read_state(VerifyState *vs)
 	d = SPI_tuptable->tupdesc;
 	t = SPI_tuptable->vals[0];
 	vs->state_height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-	if (!bytea_is_hash(SPI_getbinval(t, d, 2, &isnull), isnull, vs->state_head))
+	if (!column_is_hash(t, d, 2, vs->state_head))
 		report(vs, 0, 0, "audit_chain_state", "modified", "the chain head hash is not 32 bytes");
 	vs->horizon = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
 	vs->last_sealed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 4, &isnull));
@@ -370,12 +383,13 @@ prior_verification(VerifyState *vs)
 		return;					/* nothing verified yet: everything is new */
 
 	vs->check_from_height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	vs->has_prior_head = bytea_is_hash(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull),
-									   isnull, vs->prior_head);
+	vs->has_prior_head = column_is_hash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, vs->prior_head);
 	if (vs->check_from_height < 1)
 	{
+		/* The last clean run saw an empty chain: everything is new. */
 		vs->check_from_height = 1;
 		vs->has_prior_head = false;
+		return;
 	}
 
 	/*
@@ -391,7 +405,10 @@ prior_verification(VerifyState *vs)
 		vs->verified_xid_to = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	else
 	{
-		/* That block is gone (the header pass reports it): check everything. */
+		/* That block is gone: the chain was cut below what was verified. */
+		report(vs, vs->check_from_height, 0, "height", "missing",
+			   psprintf("block %lld, the head at the last clean verification, is gone",
+						(long long) vs->check_from_height));
 		vs->rows_from_height = 1;
 		vs->check_from_height = 1;
 		vs->has_prior_head = false;
@@ -454,10 +471,10 @@ check_headers(VerifyState *vs)
 			h.xid_to = DatumGetInt64(SPI_getbinval(t, d, 6, &isnull));
 			h.row_count = DatumGetInt32(SPI_getbinval(t, d, 7, &isnull));
 			h.rows_total = DatumGetInt64(SPI_getbinval(t, d, 8, &isnull));
-			hashes_ok = bytea_is_hash(SPI_getbinval(t, d, 9, &isnull), isnull, h.merkle_root);
+			hashes_ok = column_is_hash(t, d, 9, h.merkle_root);
 			h.sealed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 10, &isnull));
-			hashes_ok &= bytea_is_hash(SPI_getbinval(t, d, 11, &isnull), isnull, stored_prev);
-			hashes_ok &= bytea_is_hash(SPI_getbinval(t, d, 12, &isnull), isnull, stored_hash);
+			hashes_ok &= column_is_hash(t, d, 11, stored_prev);
+			hashes_ok &= column_is_hash(t, d, 12, stored_hash);
 			memcpy(h.prev_hash, stored_prev, AUDIT_HASH_LEN);
 
 			if (h.height != expect)
@@ -684,7 +701,7 @@ load_pending_block(VerifyState *vs)
 		memcpy(b->leaves, VARDATA_ANY(leaves), (Size) AUDIT_HASH_LEN * n);
 	}
 
-	if (!bytea_is_hash(SPI_getbinval(t, d, 5, &isnull), isnull, root))
+	if (!column_is_hash(t, d, 5, root))
 		report(vs, height, 0, "merkle_root", "modified", "the Merkle root is not 32 bytes");
 	else
 	{

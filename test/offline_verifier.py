@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""test/offline_verifier.py: tools/audit_db_verify against real exports,
+digests and proofs.
+
+Logs events of varied shapes (NULLs, empty strings, jsonb null, Unicode,
+nested details, numbers such as 1.0E+2, the largest processing_latency)
+into three partitions: the current month, February 2020 (created here) and
+the default partition (event times in the years 1 and 2999, for which no
+partition exists). Sealing runs with audit_db.seal_block_rows = 7 (SET in
+the sealing session), in two seal runs, so the chain has blocks of 7, 5, 3,
+2 and 1 rows; while the test seals, it holds audit.audit_chain_state locked
+(LOCK TABLE ... IN EXCLUSIVE MODE, which takes no transaction id) so the
+background worker cannot seal the rows first with its own block size. Some
+rows come from two interleaved transactions, so that the sealing order
+(transaction_id, id) differs from id order. One more row is logged and left
+unsealed.
+
+It then asserts that the tool, run as `sys.executable tools/audit_db_verify`:
+  - accepts the export of audit.export_chain() with audit.digest(), and an
+    older digest; reports the unsealed row as a note (a problem only with
+    --strict); accepts a copy in which one row is redacted (salt removed,
+    personal fields NULL, commitment kept);
+  - rejects (exit 1, naming the block and/or row) a row field edited, a row
+    deleted, a block's leaves edited, a header's sealed_at edited, a row
+    listed nowhere although its transaction id is below the sealed horizon,
+    a digest with another header_hash, a truncated export (last block
+    removed), and an export rewritten consistently after the digest (which
+    passes without the digest, the documented limit);
+  - accepts audit.prove(id) for the first, a middle and the last row of a
+    7-row block, the last row of a 5-row block, the row of a 1-row block and
+    a row of the last block, with and without --digest; rejects proofs with
+    leaf_index, tree_size, an audit path element, a row field or a later
+    header changed (also with its header_hash recomputed), a later header
+    dropped, and digests that the proof's headers do not pass through;
+  - computes the header-hash test vectors of docs/hash-format.md ("Blocks"),
+    and so does audit.block_header_hash().
+
+Connects through the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE)
+as a superuser (SET audit_db.seal_block_rows is PGC_SUSET) and creates the
+extension if it is missing. The rows it logs stay (audit.audit_log is
+append-only). Needs Debian's python3-psycopg. Last line:
+"offline_verifier: N passed, M failed"; exit status 1 if anything failed.
+"""
+import copy
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+
+psycopg = _load_psycopg()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "audit_db_verify")
+BLOCK_ROWS = 7
+
+# The header-hash test vectors of docs/hash-format.md, "Blocks".
+HEADER_VECTORS = [
+    {"name": "H1", "fields": {
+        "height": 42, "kind": "rows",
+        "partition_from_us": 1709251200000000,   # 2024-03-01 00:00:00+00
+        "partition_to_us": 1711929600000000,     # 2024-04-01 00:00:00+00
+        "xid_from": 700, "xid_to": 760, "row_count": 1, "rows_total": 1001,
+        "merkle_root": "381c9885bc856056ac7866b1a12fb181745ffdcf7fc7acf1c43633946b2ea70a",
+        "sealed_at_us": 1710513001500000,        # 2024-03-15 14:30:01.5+00
+        "prev_hash": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"},
+     "header_hash": "90ab7158c6338be65c6587d3cfea1300cb2b4c7a74dd846fa2aa758b041c1f8b"},
+    {"name": "H2", "fields": {
+        "height": 1, "kind": "rows", "partition_from_us": None, "partition_to_us": None,
+        "xid_from": 0, "xid_to": 1203, "row_count": 2, "rows_total": 2,
+        # root of the leaves of V2 and V3 of docs/hash-format.md
+        "merkle_root": "19545d76ac0712c8e456200f58a026dd6ef69ac00f2cb9fe73c5726c83764be2",
+        "sealed_at_us": -1,                      # 1969-12-31 23:59:59.999999+00
+        "prev_hash": "00" * 32},
+     "header_hash": "6f45e4d9f5b9c813a40d50f667ff3f9b93b773a12b12f36f66854be7327b4f7e"},
+]
+
+CURRENT_EVENTS = [
+    dict(action="document.read", status="success", principal_id="alice@example.com",
+         organization_id="org-acme", target_resource_type="document",
+         target_resource_id="doc-2024-0042", outcome_description="Document opened",
+         correlation_id="req-7f3a", data_classification="CONFIDENTIAL", processing_latency=42,
+         details='{"pages": 3, "ip": "192.0.2.10"}'),
+    dict(action="login", status="failure"),
+    dict(action="login", status="attempt", principal_id="", organization_id="",
+         target_resource_type="", target_resource_id="", outcome_description="",
+         correlation_id="", details="{}"),
+    dict(action="json.null", status="success", details="null"),
+    dict(action="\u30c9\u30ad\u30e5\u30e1\u30f3\u30c8.\u95b2\u89a7", status="success",
+         organization_id="\u682a\u5f0f\u4f1a\u793e\u30c6\u30b9\u30c8",
+         principal_id="Jos\u00e9 \u00d1\u00fa\u00f1ez \U0001F600",
+         target_resource_id="\u0394-\u03b1\u03b2\u03b3",
+         outcome_description="\u2713 ok\nline two\ttab \\ backslash",
+         correlation_id="c-\u00fc",
+         details='{"zeta": {"b": [1.50, 1.0E+2, -0.0, 2.5E-3, true, false, null], "a": "x"}, '
+                 '"msg": "quote \\" backslash \\\\ ctrl \\u0001 caf\\u00e9 \u00e9t\u00e9", '
+                 '"\u00e9": 1, "ab": [], "b": {}, "aa": 1, "aa": 2}'),
+    dict(action="numbers", status="success", processing_latency=0,
+         details='{"n": 1.0E+2, "big": 123456789012345678901234567890.000, "neg": -1e-3, '
+                 '"nest": [[], {}, [1, [2, [3, {"deep": {"deeper": [0e5]}}]]]]}'),
+    dict(action="scalar.string", status="success", details='"just a string"'),
+    dict(action="scalar.number", status="success", details="1.0E+2"),
+    dict(action="big.latency", status="success", processing_latency=2147483647,
+         data_classification="PHI", retention_policy="7y", event_version="2.0"),
+    dict(action="classified", status="success", data_classification="FINANCIAL",
+         details='[{"k": "v"}, "\u65e5\u672c", 0.000]'),
+    dict(action="public", status="success", data_classification="PUBLIC",
+         principal_id="bob", details='{"a": {"b": {"c": {"d": {"e": "f"}}}}}'),
+    dict(action="bulk.1", status="success"),
+    dict(action="bulk.2", status="success", outcome_description="x" * 300),
+]
+
+TYPES = {"processing_latency": "integer", "details": "jsonb", "event_time": "timestamptz"}
+
+
+def log_event(conn, ev):
+    sql = "SELECT audit.log_event(%s)" % ", ".join(
+        "%s => %%s::text::%s" % (k, TYPES.get(k, "text")) for k in ev)
+    return conn.execute(sql, [None if v is None else str(v) for v in ev.values()]).fetchone()[0]
+
+
+def insert_row(conn, ev):
+    cols = list(ev)
+    sql = "INSERT INTO audit.audit_log (%s) VALUES (%s) RETURNING id" % (
+        ", ".join('"timestamp"' if c == "event_time" else c for c in cols),
+        ", ".join("%s" for _ in cols))
+    return conn.execute(sql, list(ev.values())).fetchone()[0]
+
+
+def load_tool_module():
+    sys.dont_write_bytecode = True  # no tools/__pycache__
+    loader = importlib.machinery.SourceFileLoader("audit_db_verify_mod", TOOL)
+    spec = importlib.util.spec_from_loader("audit_db_verify_mod", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+class Tool:
+    """Runs tools/audit_db_verify on documents written to a temp dir."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.n = 0
+
+    def write(self, name, content):
+        self.n += 1
+        path = os.path.join(self.tmp, "%03d-%s" % (self.n, name))
+        with open(path, "w", encoding="utf-8") as f:
+            if isinstance(content, list):  # export lines
+                f.write("".join(line + "\n" for line in content))
+            elif isinstance(content, str):
+                f.write(content)
+            else:
+                json.dump(content, f, ensure_ascii=False)
+        return path
+
+    def run(self, *args):
+        p = subprocess.run([sys.executable, TOOL] + [str(a) for a in args],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           encoding="utf-8", timeout=600)
+        return p.returncode, p.stdout
+
+    def chain(self, lines, digest=None, extra=()):
+        args = ["chain", self.write("export.jsonl", lines)]
+        if digest is not None:
+            args += ["--digest", self.write("digest.json", digest)]
+        return self.run(*(args + list(extra)))
+
+    def proof(self, proof, digest=None):
+        args = ["proof", self.write("proof.json", proof)]
+        if digest is not None:
+            args += ["--digest", self.write("digest.json", digest)]
+        return self.run(*args)
+
+
+def expect_ok(rc_out, must=()):
+    rc, out = rc_out
+    problems = [] if rc == 0 else ["exit status %d, expected 0" % rc]
+    for pattern in must:
+        if not re.search(pattern, out, re.M):
+            problems.append("output lacks /%s/" % pattern)
+    return (not problems, "\n".join(problems + ["output:"] + out.splitlines()[-15:])
+            if problems else None)
+
+
+def expect_fail(rc_out, must=()):
+    """Exit status 1 and every pattern (regex) found in some PROBLEM line."""
+    rc, out = rc_out
+    problems = [] if rc == 1 else ["exit status %d, expected 1" % rc]
+    plines = [ln for ln in out.splitlines() if ln.startswith("PROBLEM")]
+    if not plines:
+        problems.append("no PROBLEM line")
+    for pattern in must:
+        if not any(re.search(pattern, ln) for ln in plines):
+            problems.append("no PROBLEM line matches /%s/" % pattern)
+    return (not problems, "\n".join(problems + ["output:"] + out.splitlines()[-15:])
+            if problems else None)
+
+
+def rows_of(lines):
+    return [json.loads(x) for x in lines if json.loads(x)["type"] == "row"]
+
+
+def blocks_of(lines):
+    return [json.loads(x) for x in lines if json.loads(x)["type"] == "block"]
+
+
+def dumps(obj):
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def replace_line(lines, pred, fn):
+    """A copy of the export with fn(obj) applied to the first line matching
+    pred(obj); fn returns the new object or None to drop the line."""
+    out, done = [], False
+    for line in lines:
+        obj = json.loads(line)
+        if not done and pred(obj):
+            done = True
+            new = fn(copy.deepcopy(obj))
+            if new is not None:
+                out.append(dumps(new))
+            continue
+        out.append(line)
+    if not done:
+        raise AssertionError("no line matched")
+    return out
+
+
+def flip_hex(h, at=-1):
+    """Hex text with one nibble changed at index at."""
+    i = at % len(h)
+    return h[:i] + ("0" if h[i] != "0" else "1") + h[i + 1:]
+
+
+def seal_all(conn):
+    """Seal whatever is pending (the worker may race; that is fine)."""
+    for _ in range(100):
+        conn.execute("SELECT audit.seal()")
+        if conn.execute("SELECT unsealed_rows FROM audit.chain_status").fetchone()[0] == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("rows stay unsealed")
+
+
+def unsealed_of(conn, ids):
+    return conn.execute(
+        "SELECT count(*) FROM unnest(%s::bigint[]) AS u(id) WHERE NOT EXISTS "
+        "(SELECT 1 FROM audit.audit_chain_block b WHERE u.id = ANY (b.row_ids))",
+        (ids,)).fetchone()[0]
+
+
+def seal_locked(lock, ids):
+    """In lock's open transaction (chain state locked): seal until ids are."""
+    deadline = time.time() + 60
+    while True:
+        lock.execute("SELECT * FROM audit.seal()")
+        if unsealed_of(lock, ids) == 0:
+            return
+        if time.time() > deadline:
+            raise AssertionError("rows %s not sealed after 60 s" % ids)
+        time.sleep(0.2)
+
+
+def main():
+    res = Results()
+    conn = psycopg.connect(autocommit=True, options="-c client_encoding=UTF8")
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("CREATE EXTENSION IF NOT EXISTS audit_db")
+    res.check(os.access(TOOL, os.X_OK), "tools/audit_db_verify exists and is executable")
+    with open(TOOL, encoding="utf-8") as f:
+        head = f.read(200)
+    res.check(head.startswith("#!/usr/bin/env python3\n\"\"\""),
+              "tools/audit_db_verify starts with #!/usr/bin/env python3 and a docstring")
+    mod = load_tool_module()
+
+    # -- header-hash vectors ------------------------------------------------
+    for v in HEADER_VECTORS:
+        f = v["fields"]
+        h = dict(f, merkle_root=bytes.fromhex(f["merkle_root"]),
+                 prev_hash=bytes.fromhex(f["prev_hash"]))
+        mine = mod.header_hash(h).hex()
+        server = bytes(conn.execute(
+            "SELECT audit.block_header_hash(%s, %s, to_timestamp(%s::numeric / 1000000), "
+            "to_timestamp(%s::numeric / 1000000), %s, %s, %s, %s, decode(%s, 'hex'), "
+            "to_timestamp(%s::numeric / 1000000), decode(%s, 'hex'))",
+            (f["height"], f["kind"], f["partition_from_us"], f["partition_to_us"],
+             f["xid_from"], f["xid_to"], f["row_count"], f["rows_total"], f["merkle_root"],
+             f["sealed_at_us"], f["prev_hash"])).fetchone()[0]).hex()
+        problems = []
+        if mine != server:
+            problems.append("tool %s, audit.block_header_hash %s" % (mine, server))
+        if v["header_hash"] is not None and mine != v["header_hash"]:
+            problems.append("tool %s, documented %s" % (mine, v["header_hash"]))
+        res.check(not problems, "header vector %s: tool = audit.block_header_hash%s"
+                  % (v["name"], " = docs" if v["header_hash"] else ""), "\n".join(problems))
+        info("header vector %s: %s" % (v["name"], mine))
+
+    # -- data -----------------------------------------------------------------
+    seal_all(conn)
+    conn.execute("SELECT audit.ensure_month_partition(now())")
+    conn.execute("SELECT audit.ensure_month_partition('2020-02-15 00:00:00+00')")
+    default_times = ["2999-12-31 23:59:59.999999+00", "0001-01-01 00:00:00+00"]
+    for t in default_times:
+        part = conn.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
+                            "c.oid = i.inhrelid WHERE i.inhparent = 'audit.audit_log'::regclass "
+                            "AND c.relname = 'audit_log_' || to_char(%s::timestamptz AT TIME "
+                            "ZONE 'UTC', 'YYYY_MM')", (t,)).fetchone()
+        res.check(part is None, "no partition for %s: its row goes to the default partition" % t)
+
+    lock = psycopg.connect(autocommit=True, options="-c client_encoding=UTF8")
+    lock.execute("SET audit_db.seal_block_rows = %d" % BLOCK_ROWS)
+    w2 = psycopg.connect(autocommit=True, options="-c client_encoding=UTF8")
+
+    # Run 1: 19 rows in the current month (7 + 7 + 5), 1 in 2020-02, 3 in default.
+    ids1 = []
+    with lock.transaction():
+        lock.execute("LOCK TABLE audit.audit_chain_state IN EXCLUSIVE MODE")
+        with conn.transaction():
+            for ev in CURRENT_EVENTS:
+                ids1.append(log_event(conn, ev))
+            ids1.append(insert_row(conn, dict(action="insert.plain", status="success",
+                                              details='{"via": "INSERT", "n": 1.0E+2}')))
+        # Two interleaved transactions: ids alternate, transaction ids do not.
+        with conn.transaction(), w2.transaction():
+            ids1.append(log_event(conn, dict(action="inter.a1", status="success")))
+            ids1.append(log_event(w2, dict(action="inter.b1", status="success")))
+            ids1.append(log_event(conn, dict(action="inter.a2", status="success")))
+            ids1.append(log_event(w2, dict(action="inter.b2", status="success")))
+            ids1.append(log_event(conn, dict(action="inter.a3", status="success")))
+        ids1.append(log_event(conn, dict(action="leap.day", status="success",
+                                         event_time="2020-02-29 23:59:59.999999+00",
+                                         principal_id="feb")))
+        with conn.transaction():
+            ids1.append(log_event(conn, dict(action="far.future", status="success",
+                                             event_time=default_times[0],
+                                             details='{"year": 2999}')))
+            ids1.append(log_event(conn, dict(action="far.past", status="success",
+                                             event_time=default_times[1],
+                                             principal_id="\u00e6on")))
+            ids1.append(insert_row(conn, dict(action="far.past.insert", status="attempt",
+                                              event_time="1969-07-20 20:17:40.000001+00")))
+        seal_locked(lock, ids1)
+        digest_a = lock.execute("SELECT audit.digest()").fetchone()[0]
+        old_proof = lock.execute("SELECT audit.prove(%s)", (ids1[0],)).fetchone()[0]
+
+    # Run 2: 9 rows in the current month (7 + 2), 1 in 2020-02; then one row
+    # left unsealed; export while the chain state is still locked.
+    ids2 = []
+    with lock.transaction():
+        lock.execute("LOCK TABLE audit.audit_chain_state IN EXCLUSIVE MODE")
+        with conn.transaction():
+            for i in range(9):
+                ids2.append(log_event(conn, dict(action="run2.%d" % i, status="success",
+                                                 processing_latency=i,
+                                                 details='{"i": %d.0E+0}' % i)))
+            ids2.append(log_event(conn, dict(action="run2.feb", status="failure",
+                                             event_time="2020-02-01 00:00:00+00")))
+        seal_locked(lock, ids2)
+        unsealed_id = log_event(conn, dict(action="not.sealed.yet", status="success",
+                                           details='{"pending": true}'))
+        lines = [r[0] for r in lock.execute("SELECT * FROM audit.export_chain()")]
+        digest_b = lock.execute("SELECT audit.digest()").fetchone()[0]
+        blocks = blocks_of(lines)
+        row_by_id = {r["id"]: r for r in rows_of(lines)}
+        block_of = {}
+        for b in blocks:
+            for pos, rid in enumerate(b["row_ids"]):
+                block_of[rid] = (b, pos)
+        proofs = {}
+
+        def prove(rid):
+            if rid not in proofs:
+                proofs[rid] = lock.execute("SELECT audit.prove(%s)", (rid,)).fetchone()[0]
+            return proofs[rid]
+        # Blocks for the proofs below: our run-1 blocks by size.
+        ours = [b for b in blocks if set(b["row_ids"]) <= set(ids1 + ids2)]
+        b7 = next(b for b in ours if b["row_count"] == 7)
+        b5 = next(b for b in ours if b["row_count"] == 5)
+        b1 = next(b for b in ours if b["row_count"] == 1)
+        wanted = [("first row of a 7-row block", b7["row_ids"][0]),
+                  ("middle row of a 7-row block", b7["row_ids"][3]),
+                  ("last row of a 7-row block", b7["row_ids"][6]),
+                  ("last row of a 5-row block", b5["row_ids"][4]),
+                  ("row of a 1-row block", b1["row_ids"][0]),
+                  ("row of the last block", blocks[-1]["row_ids"][-1])]
+        for _, rid in wanted:
+            prove(rid)
+        redact_sql = conn.execute(
+            "SELECT encode(sha256(audit.commitment_encoding(a)), 'hex') FROM audit.audit_log a "
+            "WHERE id = %s", (b7["row_ids"][2],)).fetchone()[0]
+    lock.close()
+    w2.close()
+
+    # -- the chain as exported ------------------------------------------------
+    sizes = [b["row_count"] for b in ours]
+    res.check(len(lines) == len(blocks) + len(row_by_id) and
+              all(json.loads(x)["type"] == "block" for x in lines[:len(blocks)]),
+              "export_chain(): every block, then every row")
+    res.check(sorted(sizes) == sorted([7, 7, 5, 1, 3, 7, 2, 1]),
+              "seal_block_rows = 7 gives blocks of 7, 7, 5, 1, 3 (run 1) and 7, 2, 1 (run 2)",
+              "block sizes: %s" % sizes)
+    parts = {(b["partition_from_us"], b["partition_to_us"]) for b in ours}
+    res.check(len(parts) == 3 and (None, None) in parts,
+              "blocks in three partitions, one of them the default partition",
+              "partitions: %s" % parts)
+    inter = [block_of[i] for i in ids1[14:19]]
+    res.check(len({b["height"] for b, _ in inter}) == 1 and
+              [p for _, p in inter] != sorted(p for _, p in inter),
+              "interleaved transactions: sealing order differs from id order",
+              "positions %s" % [p for _, p in inter])
+    res.check(unsealed_id not in block_of and unsealed_id in row_by_id,
+              "the last row is exported unsealed")
+
+    tmp = tempfile.mkdtemp(prefix="offline_verifier.")
+    tool = Tool(tmp)
+    try:
+        run_checks(res, tool, mod, lines, blocks, row_by_id, block_of, digest_a, digest_b,
+                   wanted, proofs, old_proof, unsealed_id, b7, redact_sql)
+        res.run("as audit_db_auditor: digest, then export and a proof, verify",
+                lambda: auditor_round(conn, tool, unsealed_id))
+    finally:
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+        os.rmdir(tmp)
+    conn.close()
+    return res.finish("offline_verifier")
+
+
+def auditor_round(conn, tool, some_id):
+    """The documented routine as the auditor role: digest first, then export."""
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE audit_db_auditor")
+        digest = conn.execute("SELECT audit.digest()").fetchone()[0]
+        export = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+        proof = conn.execute("SELECT audit.prove(%s)", (some_id,)).fetchone()[0] \
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM audit.audit_chain_block "
+                            "WHERE %s = ANY (row_ids))", (some_id,)).fetchone()[0] else None
+    ok, detail = expect_ok(tool.chain(export, digest))
+    if ok and proof is not None:
+        ok, detail = expect_ok(tool.proof(proof, digest))
+    return ok, detail
+
+
+def run_checks(res, tool, mod, lines, blocks, row_by_id, block_of, digest_a, digest_b,
+               wanted, proofs, old_proof, unsealed_id, b7, redact_sql):
+    head = blocks[-1]
+    H = head["height"]
+
+    res.run("chain: the export with its digest verifies",
+            lambda: expect_ok(tool.chain(lines, digest_b),
+                              [r"^OK: .*extends the digest at height %d" % H,
+                               r"NOTE 1 row not sealed yet.*: %d\b" % unsealed_id]))
+    res.run("chain: the export extends the older digest of run 1",
+            lambda: expect_ok(tool.chain(lines, digest_a),
+                              [r"extends the digest at height %d" % digest_a["height"]]))
+    res.run("chain: without --digest too", lambda: expect_ok(tool.chain(lines)))
+    res.run("chain: --strict counts the unsealed row as a problem",
+            lambda: expect_fail(tool.chain(lines, digest_b, ["--strict"]),
+                                [r"row=%d unsealed" % unsealed_id]))
+
+    # A redacted row: salt gone, personal fields NULL, commitment kept.
+    rid = b7["row_ids"][2]
+
+    def redact(r):
+        r.update(personal_data_salt=None, principal_id=None, target_resource_id=None,
+                 outcome_description=None, details=None, personal_data_commitment=redact_sql)
+        return r
+    res.run("chain: a redacted row (commitment kept, salt and personal fields gone) verifies",
+            lambda: expect_ok(tool.chain(
+                replace_line(lines, lambda o: o.get("id") == rid and o["type"] == "row", redact),
+                digest_b)))
+
+    def redact_badly(r):
+        r = redact(r)
+        r["principal_id"] = "mallory"
+        return r
+    res.run("chain: personal fields left in a redacted row are reported",
+            lambda: expect_fail(tool.chain(
+                replace_line(lines, lambda o: o.get("id") == rid and o["type"] == "row",
+                             redact_badly), digest_b), [r"row=%d modified" % rid]))
+
+    # -- tampering with the export -------------------------------------------
+    def is_row(i):
+        return lambda o: o["type"] == "row" and o["id"] == i
+
+    def is_block(h):
+        return lambda o: o["type"] == "block" and o["height"] == h
+
+    mid = b7["row_ids"][3]
+    hb7 = b7["height"]
+
+    def edit(field, value):
+        def fn(r):
+            r[field] = value
+            return r
+        return fn
+    for field, value in (("action", "document.deleted"), ("timestamp_us", None),
+                         ("details", '{"pages": 4}'), ("principal_id", "someone else"),
+                         ("processing_latency", 43), ("transaction_id", None)):
+        if value is None:
+            value = row_by_id[mid][field] + 1
+        res.run("chain: row %d's %s edited -> block %d, row %d reported" % (mid, field, hb7, mid),
+                lambda field=field, value=value: expect_fail(
+                    tool.chain(replace_line(lines, is_row(mid), edit(field, value)), digest_b),
+                    [r"block=%d row=%d modified" % (hb7, mid)]))
+
+    def edit_with_hash(r):
+        r["action"] = "document.deleted"
+        row = mod.parse_row(r)
+        r["hash"] = mod.row_leaf(row).hex()
+        return r
+    res.run("chain: row field edited and its hash column recomputed -> still reported",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_row(mid), edit_with_hash),
+                                           digest_b), [r"block=%d row=%d modified" % (hb7, mid)]))
+
+    res.run("chain: row %d deleted from the export -> missing at block %d" % (mid, hb7),
+            lambda: expect_fail(tool.chain(replace_line(lines, is_row(mid), lambda r: None),
+                                           digest_b),
+                                [r"block=%d row=%d missing" % (hb7, mid)]))
+
+    def edit_leaves(b):
+        b["leaves"] = flip_hex(b["leaves"], 64 * 5 + 10)
+        return b
+    victim = b7["row_ids"][5]
+    res.run("chain: block %d's leaves edited -> Merkle root and row %d reported" % (hb7, victim),
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(hb7), edit_leaves),
+                                           digest_b),
+                                [r"block=%d modified: the Merkle root" % hb7,
+                                 r"block=%d row=%d modified" % (hb7, victim)]))
+
+    def edit_sealed_at(b):
+        b["sealed_at_us"] += 1
+        return b
+    res.run("chain: block %d's sealed_at edited -> its header hash reported" % hb7,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(hb7), edit_sealed_at),
+                                           digest_b),
+                                [r"block=%d modified: the header hash recomputed" % hb7]))
+
+    def swap_ids(b):
+        ids = b["row_ids"]
+        ids[1], ids[2] = ids[2], ids[1]
+        lv = b["leaves"]
+        lv = lv[:64] + lv[128:192] + lv[64:128] + lv[192:]
+        b["leaves"] = lv
+        return b
+    res.run("chain: two rows swapped in block %d -> reported" % hb7,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(hb7), swap_ids),
+                                           digest_b), [r"block=%d modified" % hb7]))
+
+    # A forged row: an unsealed-looking row with an old transaction id.
+    def forge(_):
+        r = dict(row_by_id[mid])
+        r["id"] = unsealed_id + 1000
+        r["action"] = "forged"
+        r["hash"] = mod.row_leaf(mod.parse_row(r)).hex()
+        return [dumps(r)]
+    forged = lines + forge(None)
+    res.run("chain: a forged row with an old transaction id in no block -> inserted",
+            lambda: expect_fail(tool.chain(forged, digest_b),
+                                [r"row=%d inserted" % (unsealed_id + 1000)]))
+
+    bad_digest = dict(digest_b, header_hash=flip_hex(digest_b["header_hash"]))
+    res.run("chain: a digest with another header_hash -> rewritten at its height",
+            lambda: expect_fail(tool.chain(lines, bad_digest),
+                                [r"block=%d rewritten" % H]))
+    bad_digest_a = dict(digest_a, header_hash=flip_hex(digest_a["header_hash"], 0))
+    res.run("chain: an older digest with another header_hash -> rewritten at its height",
+            lambda: expect_fail(tool.chain(lines, bad_digest_a),
+                                [r"block=%d rewritten" % digest_a["height"]]))
+
+    last_ids = set(head["row_ids"])
+    cut = [x for x in lines if not (json.loads(x)["type"] == "block" and
+                                    json.loads(x)["height"] == H)]
+    res.run("chain: last block removed, its rows kept -> truncated against the digest",
+            lambda: expect_fail(tool.chain(cut, digest_b), [r"block=%d truncated" % H]))
+    cut_rows = [x for x in cut if not (json.loads(x)["type"] == "row" and
+                                       json.loads(x)["id"] in last_ids)]
+    res.run("chain: last block and its rows removed -> truncated against the digest",
+            lambda: expect_fail(tool.chain(cut_rows, digest_b), [r"block=%d truncated" % H]))
+    res.run("chain: ... yet consistent without the digest (why digests are kept outside)",
+            lambda: expect_ok(tool.chain(cut_rows)))
+
+    # A consistent rewrite after the digest: change a row, recompute its leaf,
+    # the block's root and header and every later header.
+    def rewrite():
+        objs = [json.loads(x) for x in lines]
+        r = next(o for o in objs if o["type"] == "row" and o["id"] == mid)
+        r["action"] = "rewritten"
+        r["hash"] = mod.row_leaf(mod.parse_row(r)).hex()
+        prev = None
+        for o in objs:
+            if o["type"] != "block":
+                continue
+            if o["height"] == hb7:
+                lv = bytearray.fromhex(o["leaves"])
+                pos = o["row_ids"].index(mid)
+                lv[32 * pos:32 * pos + 32] = bytes.fromhex(r["hash"])
+                o["leaves"] = lv.hex()
+                o["merkle_root"] = mod.merkle_root(
+                    [bytes(lv[i:i + 32]) for i in range(0, len(lv), 32)]).hex()
+            if o["height"] >= hb7:
+                if prev is not None:
+                    o["prev_hash"] = prev
+                o["header_hash"] = mod.header_hash(mod.parse_block(o)).hex()
+            prev = o["header_hash"]
+        return [dumps(o) for o in objs]
+    rewritten = rewrite()
+    res.run("chain: a consistent rewrite passes without a digest",
+            lambda: expect_ok(tool.chain(rewritten)))
+    res.run("chain: ... and is caught by the digest",
+            lambda: expect_fail(tool.chain(rewritten, digest_b), [r"block=%d rewritten" % H]))
+
+    res.run("chain: a line that is not JSON -> malformed",
+            lambda: expect_fail(tool.chain(lines[:3] + ["{not json"] + lines[3:], digest_b),
+                                [r"malformed: line 4"]))
+    res.run("chain: a block given twice -> reported",
+            lambda: expect_fail(tool.chain(lines[:1] + lines, digest_b),
+                                [r"block=%d inserted" % blocks[0]["height"]]))
+
+    # -- proofs ---------------------------------------------------------------
+    for label, rid in wanted:
+        p = proofs[rid]
+        b, pos = block_of[rid]
+        res.run("proof: %s (row %d, leaf %d of %d in block %d) verifies, also with --digest"
+                % (label, rid, pos, b["row_count"], b["height"]),
+                lambda p=p, rid=rid, b=b: (lambda a, c: (a[0] and c[0], a[1] or c[1]))(
+                    expect_ok(tool.proof(p), [r"^OK: row %d is leaf" % rid]),
+                    expect_ok(tool.proof(p, digest_b),
+                              [r"passes through the given digest at height %d" % H])))
+        res.check(p["leaf_index"] == pos and p["tree_size"] == b["row_count"] and
+                  p["digest"]["height"] == H,
+                  "proof of row %d: leaf_index, tree_size and digest as in the export" % rid)
+
+    p7 = proofs[b7["row_ids"][3]]
+    res.check(hb7 <= digest_a["height"], "block %d was sealed in run 1" % hb7)
+    res.run("proof: of a run-1 row, against the older digest of run 1",
+            lambda: expect_ok(tool.proof(p7, digest_a),
+                              [r"passes through the given digest at height %d"
+                               % digest_a["height"]]))
+    res.run("proof: an older digest with another header_hash -> rewritten",
+            lambda: expect_fail(tool.proof(p7, bad_digest_a),
+                                [r"block=%d rewritten" % digest_a["height"]]))
+    res.run("proof: a proof older than the digest given -> reported",
+            lambda: expect_fail(tool.proof(old_proof, digest_b),
+                                [r"block=%d truncated" % H]))
+    res.run("proof: the old proof verifies against its own digest",
+            lambda: expect_ok(tool.proof(old_proof, digest_a)))
+    res.run("proof: the digest of the empty chain is accepted",
+            lambda: expect_ok(tool.proof(p7, {"format": "audit_db.digest.v1",
+                                              "algorithm": "SHA-256", "height": 0,
+                                              "header_hash": "00" * 32})))
+    # A digest before the block that the proof cannot link to.
+    p_last = proofs[head["row_ids"][-1]]
+    if head["height"] - 1 > digest_a["height"]:
+        res.run("proof: a digest the proof's headers cannot reach -> unverifiable",
+                lambda: expect_fail(tool.proof(p_last, digest_a), [r"unverifiable"]))
+
+    def tampered(p, fn):
+        q = copy.deepcopy(p)
+        fn(q)
+        return q
+    b7_rid = b7["row_ids"][3]
+    cases = [
+        ("leaf_index changed", p7, lambda q: q.update(leaf_index=q["leaf_index"] - 1),
+         r"block=%d row=%d modified" % (hb7, b7_rid)),
+        ("leaf_index beyond tree_size", proofs[wanted[4][1]],
+         lambda q: q.update(leaf_index=1), r"modified: the audit path does not fit"),
+        ("tree_size changed", p7, lambda q: q.update(tree_size=8), r"tree_size 8"),
+        ("audit path element changed", p7,
+         lambda q: q["audit_path"].__setitem__(1, flip_hex(q["audit_path"][1])),
+         r"block=%d row=%d modified" % (hb7, b7_rid)),
+        ("audit path element dropped", p7, lambda q: q["audit_path"].pop(),
+         r"block=%d row=%d modified" % (hb7, b7_rid)),
+        ("row field changed", p7, lambda q: q["row"].update(action="x"),
+         r"row=%d modified" % b7_rid),
+        ("row details changed", p7, lambda q: q["row"].update(details='{"pages": 4}'),
+         r"row=%d modified" % b7_rid),
+        ("block header changed", p7, lambda q: q["block"].update(xid_to=q["block"]["xid_to"] + 1),
+         r"block=%d modified" % hb7),
+        ("later header changed", p7,
+         lambda q: q["later_headers"][0].update(sealed_at_us=q["later_headers"][0]["sealed_at_us"]
+                                                + 1),
+         r"block=%d modified" % (hb7 + 1)),
+        ("later header changed with its hash recomputed", p7,
+         lambda q: (q["later_headers"][0].update(
+             sealed_at_us=q["later_headers"][0]["sealed_at_us"] + 1),
+             q["later_headers"][0].update(header_hash=mod.header_hash(
+                 mod.parse_header(q["later_headers"][0])).hex())),
+         r"block=%d modified" % (hb7 + 2 if hb7 + 1 < H else hb7 + 1)),
+        ("a later header dropped", p7, lambda q: q["later_headers"].pop(1),
+         r"block=%d missing" % (hb7 + 3)),
+        ("the last later header dropped", p7, lambda q: q["later_headers"].pop(),
+         r"block=%d modified: the headers end" % (H - 1)),
+        ("digest header_hash changed", p7,
+         lambda q: q["digest"].update(header_hash=flip_hex(q["digest"]["header_hash"])),
+         r"block=%d modified" % H),
+    ]
+    for label, p, fn, pattern in cases:
+        res.run("proof: %s -> rejected" % label,
+                lambda p=p, fn=fn, pattern=pattern: expect_fail(
+                    tool.proof(tampered(p, fn)), [pattern]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
