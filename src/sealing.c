@@ -50,6 +50,7 @@ int			audit_seal_block_rows = 10000;
 /* Rows fetched from the cursor at a time. */
 #define SEAL_FETCH_ROWS		10000
 
+static SPIPlanPtr pending_plan = NULL;
 static SPIPlanPtr state_plan = NULL;
 static SPIPlanPtr rows_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
@@ -234,10 +235,43 @@ audit_seal_run(void)
 	if (snap == NULL)
 		elog(ERROR, "audit_seal_run needs an active snapshot");
 
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("audit.seal() must run in a READ COMMITTED transaction"),
+				 errhint("Call it outside REPEATABLE READ and SERIALIZABLE transactions: it needs a fresh snapshot per step.")));
+
 	memset(&st, 0, sizeof(st));
-	horizon = audit_full_xid_of(snap->xmin);
 
 	SPI_connect();
+
+	/*
+	 * Anything to do?  Checked without a lock and without taking a
+	 * transaction id, so an idle database costs one index probe per run.
+	 */
+	horizon = audit_full_xid_of(snap->xmin);
+
+	/* Rows are read through the BRIN index on transaction_id. */
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	if (SPI_execute_plan(keep_plan(&pending_plan,
+								   "SELECT s.height, EXISTS (SELECT FROM audit.audit_log l"
+								   " WHERE l.transaction_id >= s.horizon_xid AND l.transaction_id < $1)"
+								   " FROM audit.audit_chain_state s",
+								   1, (Oid[]) {INT8OID}),
+						 (Datum[]) {Int64GetDatum(horizon)}, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking for rows to seal failed");
+	if (SPI_processed != 1 ||
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	{
+		if (SPI_processed == 1)
+			st.result.height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		AtEOXact_GUC(true, save_nestlevel);
+		SPI_finish();
+		return st.result;
+	}
 
 	/* Lock the chain head; a concurrent run finishes first. */
 	if (SPI_execute_plan(keep_plan(&state_plan,
@@ -261,6 +295,13 @@ audit_seal_run(void)
 		memcpy(st.head_hash, VARDATA_ANY(head), AUDIT_HASH_LEN);
 	}
 	st.rows_total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+
+	/*
+	 * The horizon is taken now that the head is locked, so a run that waited
+	 * for another one still seals what finished meanwhile.  Every later query
+	 * of this run takes a newer snapshot, which sees all rows below it.
+	 */
+	horizon = audit_full_xid_of(GetLatestSnapshot()->xmin);
 	st.xid_from = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 	st.xid_to = horizon;
 	st.sealed_at = GetCurrentTimestamp();
@@ -268,17 +309,13 @@ audit_seal_run(void)
 
 	if (horizon <= st.xid_from)
 	{
+		AtEOXact_GUC(true, save_nestlevel);
 		SPI_finish();
 		return st.result;
 	}
 
 	st.ids = palloc(sizeof(Datum) * audit_seal_block_rows);
 	st.leaves = palloc((Size) AUDIT_HASH_LEN * audit_seal_block_rows);
-
-	/* The rows come through the BRIN index on transaction_id. */
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 
 	portal = SPI_cursor_open(NULL,
 							 keep_plan(&rows_plan,
@@ -362,6 +399,16 @@ audit_seal_run(void)
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "updating chain state failed: %s", SPI_result_code_string(rc));
 		summarize_brin(st.touched);
+
+		/*
+		 * A digest may name these blocks as soon as they are visible: never
+		 * let a crash take back a seal that was visible, whatever the
+		 * session's synchronous_commit says (the flush also makes the
+		 * sealed rows' own commits durable).
+		 */
+		if (synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+			(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
 	}
 	st.result.height = st.height;
 

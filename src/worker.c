@@ -244,7 +244,8 @@ start_database_worker(TrackedDatabase *t)
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	/* Restarted after a crash or pg_terminate_backend(); not after exit(0). */
+	worker.bgw_restart_time = 5;
 	strlcpy(worker.bgw_library_name, "audit_db", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "audit_database_worker_main", BGW_MAXLEN);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "audit_db worker for database %s", t->name);
