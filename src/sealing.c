@@ -324,7 +324,7 @@ audit_seal_run(void)
 									   " ORDER BY tableoid, transaction_id, id",
 									   2, (Oid[]) {INT8OID, INT8OID}),
 							 (Datum[]) {Int64GetDatum(st.xid_from), Int64GetDatum(horizon)},
-							 NULL, true);
+							 NULL, false);	/* a fresh snapshot: it sees every row below horizon */
 
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "audit seal batch", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
