@@ -81,9 +81,7 @@ import bisect
 import collections
 import multiprocessing
 import os
-import pwd
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -92,6 +90,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+from crashkit import alive, children, proc_stat, restart_command, signal_all  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg.types.json import Jsonb  # noqa: E402
@@ -869,85 +868,6 @@ def part1(res, conn):
 
 # -- part 2: crash ------------------------------------------------------------
 # Finding, killing and restarting the server: as in test/concurrency_crash.py.
-
-def proc_stat(pid):
-    """(state, ppid) of a process, or None if it does not exist."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            s = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = s[s.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
-def alive(pid):
-    """Running (a zombie is dead, but still holds its PID until reaped)."""
-    st = proc_stat(pid)
-    return st is not None and st[0] != "Z"
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = proc_stat(int(d))
-            if st and st[1] == pid:
-                out.append(int(d))
-    return out
-
-
-def signal_all(pids, sig):
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
-def restart_command(datadir, pid):
-    """pg_ctl start for the killed server: same binaries, log, options and user."""
-    bindir = None
-    try:
-        exe = os.readlink("/proc/%d/exe" % pid)
-        if os.path.exists(os.path.join(os.path.dirname(exe), "pg_ctl")):
-            bindir = os.path.dirname(exe)
-    except OSError:
-        pass
-    if bindir is None:
-        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    log = None
-    try:
-        target = os.readlink("/proc/%d/fd/1" % pid)
-        if target.startswith("/") and os.path.isfile(target):
-            log = target
-    except OSError:
-        pass
-    if log is None:
-        log = os.path.join(os.path.dirname(os.path.abspath(datadir)), "server.log")
-    opts = []
-    try:
-        with open(os.path.join(datadir, "postmaster.opts")) as f:
-            args = shlex.split(f.read())[1:]
-        i = 0
-        while i < len(args):
-            if args[i] == "-D":
-                i += 2
-                continue
-            if not args[i].startswith("-D"):
-                opts.append(args[i])
-            i += 1
-    except (OSError, ValueError):
-        pass
-    cmd = [os.path.join(bindir, "pg_ctl"), "-D", datadir, "-l", log, "-w", "-t", "120"]
-    if opts:
-        cmd += ["-o", " ".join(shlex.quote(a) for a in opts)]
-    cmd.append("start")
-    owner = pwd.getpwuid(os.stat(datadir).st_uid).pw_name
-    if os.geteuid() == 0 and owner != "root":
-        cmd = ["runuser", "-u", owner, "--"] + cmd
-    return cmd, log
 
 
 def start_server(cmd, datadir, pid, pidfile_lines):
