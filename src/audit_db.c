@@ -109,7 +109,7 @@ _PG_init(void)
 							"How often the background worker seals new audit rows into the chain.",
 							"Needs audit_db in shared_preload_libraries; without it, call audit.seal().",
 							&audit_seal_interval_ms,
-							1000,
+							200,
 							10,
 							3600 * 1000,
 							PGC_SIGHUP,

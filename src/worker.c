@@ -12,7 +12,10 @@
  *	  database worker: connects to its database by OID; exits at once if
  *		audit_db is not installed there (the launcher looks again after
  *		a minute, or at once when CREATE EXTENSION calls
- *		audit.wake_launcher()); otherwise runs a seal every audit_db.seal_interval.  An
+ *		audit.wake_launcher()); otherwise starts a seal run every
+ *		audit_db.seal_interval (measured from the start of one run to the
+ *		start of the next, so a row waits at most about one interval plus
+ *		one run's duration once it is sealable).  An
  *		error is logged and retried with exponential back-off (up to one
  *		minute) instead of ending the worker.
  *
@@ -54,7 +57,7 @@
 #include "sealing.h"
 #include "worker.h"
 
-int			audit_seal_interval_ms = 1000;
+int			audit_seal_interval_ms = 200;
 int			audit_max_database_workers = 8;
 char	   *audit_skip_databases = NULL;
 
@@ -418,7 +421,8 @@ audit_database_worker_main(Datum dboid)
 
 	for (;;)
 	{
-		int			wait_ms;
+		long		wait_ms;
+		TimestampTz run_start;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -427,6 +431,7 @@ audit_database_worker_main(Datum dboid)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		run_start = GetCurrentTimestamp();
 		switch (seal_once())
 		{
 			case SEAL_OK:
@@ -443,7 +448,18 @@ audit_database_worker_main(Datum dboid)
 				break;
 		}
 
-		wait_ms = missing_checks > 0 ? 1000 : Max(audit_seal_interval_ms, backoff_ms);
+		if (missing_checks > 0)
+			wait_ms = 1000;
+		else if (backoff_ms > 0)
+			wait_ms = Max(audit_seal_interval_ms, backoff_ms);
+		else
+		{
+			/* The interval runs from start to start: a long run eats into it. */
+			long		elapsed_ms = (long) ((GetCurrentTimestamp() - run_start) / 1000);
+
+			wait_ms = Max(audit_seal_interval_ms - elapsed_ms, 0);
+		}
+		/* Even with no time left, poll: that notices postmaster death. */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
