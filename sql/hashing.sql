@@ -114,6 +114,23 @@ FROM (SELECT d, convert_to(d::text, 'UTF8') AS t,
         '{"n": 123456789012345678901234567890.000000000001, "e": -1.5e-10}'
       ]::jsonb[]) AS d) s;
 
+-- The same over strings of every length from 0 to 40 with one character that
+-- needs escaping (or a multi-byte one) at every position: the serializer scans
+-- strings eight bytes at a time, so every alignment of the escape is tried.
+SELECT count(*) AS strings_tried,
+       count(*) FILTER (WHERE substring(enc FROM octet_length(enc) - octet_length(t) - 5 + 1)
+                              <> '\x01'::bytea || int4send(octet_length(t)) || t) AS differing
+FROM (SELECT convert_to(d::text, 'UTF8') AS t,
+             audit.commitment_encoding(jsonb_populate_record(r, jsonb_build_object('details', d))) AS enc
+      FROM fixed,
+           generate_series(0, 40) AS n,
+           generate_series(0, 40) AS pos,
+           unnest(ARRAY[E'"', E'\\', E'\n', E'\t', E'\b', E'\f', E'\r', chr(1), chr(31), chr(127),
+                        'é', '😀', ' ', '~'
+                       ]) AS c,
+           LATERAL (SELECT jsonb_build_object(repeat('k', n) || c, repeat('x', pos) || c || repeat('y', n)) AS d) j
+      WHERE pos <= n) s;
+
 -- Merkle roots (RFC 6962) over leaf hashes: the building block of sealed blocks.
 SELECT encode(audit.merkle_root('{}'), 'hex') AS empty_tree,
        audit.merkle_root(ARRAY[sha256('a')]) = sha256('a') AS one_leaf_is_itself,
