@@ -87,6 +87,28 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 int			audit_max_details_bytes = 1024 * 1024;
 
 /*
+ * audit_plan_transaction_range_scans
+ *		Plan the queries that follow for a narrow range of transaction ids
+ *		(the sealer's rows, verify's new rows): through the BRIN index on
+ *		audit_log (transaction_id, id), never a sequential scan of the log,
+ *		and without JIT (the sequential-scan penalty makes every such plan
+ *		look expensive enough to compile, which costs far more than the
+ *		query).  Returns the GUC nest level to pass to AtEOXact_GUC(true, ...)
+ *		when done; an error undoes the settings with the transaction.
+ */
+int
+audit_plan_transaction_range_scans(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
  * _PG_init
  *		Define the extension's settings and register its backend callbacks.
  *		Runs once per backend, when the library is loaded.

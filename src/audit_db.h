@@ -25,4 +25,6 @@
 /* Settings (see audit_db.c for their documentation). */
 extern int	audit_max_details_bytes;
 
+extern int	audit_plan_transaction_range_scans(void);
+
 #endif							/* AUDIT_DB_H */

@@ -252,9 +252,7 @@ audit_seal_run(void)
 	horizon = audit_full_xid_of(snap->xmin);
 
 	/* Rows are read through the BRIN index on transaction_id. */
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	save_nestlevel = audit_plan_transaction_range_scans();
 
 	if (SPI_execute_plan(keep_plan(&pending_plan,
 								   "SELECT s.height, EXISTS (SELECT FROM audit.audit_log l"

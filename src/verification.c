@@ -29,8 +29,11 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/heapam.h"
+#include "access/table.h"
 #include "access/tableam.h"
+#include "access/toast_compression.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -156,6 +159,8 @@ typedef struct VerifyState
 	int			hint_pos;
 	MemoryContext cxt;
 	MemoryContext row_cxt;
+	struct varlena *array_buf[2];	/* read_block_array() buffers, reused */
+	Size		array_cap[2];
 } VerifyState;
 
 /* Shared progress slots (only with the library preloaded). */
@@ -640,6 +645,51 @@ hash_open_blocks(VerifyState *vs)
 }
 
 /*
+ * read_block_array
+ *		The value of a block's row_ids or leaves column, untoasted.  Those
+ *		are large (80 and 320 kB for 10,000 rows) and stored out of line
+ *		uncompressed; they are read straight into a buffer kept for the
+ *		whole verification (buffer 0 or 1), instead of a fresh allocation
+ *		per block, which the C library maps and the kernel zeroes anew each
+ *		time.  Anything else (compressed, inline) is detoasted as usual.
+ *		The result is valid until the next call with the same buffer.
+ */
+static struct varlena *
+read_block_array(VerifyState *vs, int buffer, Datum value, bool isnull)
+{
+	struct varlena *attr;
+	struct varatt_external toast_pointer;
+	int32		size;
+	Relation	toastrel;
+
+	if (isnull)					/* NOT NULL dropped by hand: an empty value, reported by the caller */
+		return buffer == 0 ? (struct varlena *) construct_empty_array(INT8OID)
+			: (struct varlena *) audit_bytea_from_bytes("", 0);
+	attr = (struct varlena *) DatumGetPointer(value);
+	if (!VARATT_IS_EXTERNAL_ONDISK(attr))
+		return pg_detoast_datum(attr);
+	VARATT_EXTERNAL_GET_POINTER(toast_pointer, attr);
+	if (VARATT_EXTERNAL_IS_COMPRESSED(toast_pointer))
+		return pg_detoast_datum(attr);
+
+	size = VARATT_EXTERNAL_GET_EXTSIZE(toast_pointer);
+	if (vs->array_buf[buffer] == NULL || vs->array_cap[buffer] < (Size) size + VARHDRSZ)
+	{
+		if (vs->array_buf[buffer] != NULL)
+			pfree(vs->array_buf[buffer]);
+		vs->array_cap[buffer] = Max((Size) size + VARHDRSZ,
+									(Size) audit_seal_block_rows * AUDIT_HASH_LEN + VARHDRSZ + 64);
+		vs->array_buf[buffer] = MemoryContextAlloc(vs->cxt, vs->array_cap[buffer]);
+	}
+	SET_VARSIZE(vs->array_buf[buffer], size + VARHDRSZ);
+	toastrel = table_open(toast_pointer.va_toastrelid, AccessShareLock);
+	table_relation_fetch_toast_slice(toastrel, toast_pointer.va_valueid, size, 0, size,
+									 vs->array_buf[buffer]);
+	table_close(toastrel, AccessShareLock);
+	return vs->array_buf[buffer];
+}
+
+/*
  * load_pending_block
  *		Check the pending block's leaves against its Merkle root and enter
  *		its row ids into the lookup table.
@@ -652,8 +702,10 @@ load_pending_block(VerifyState *vs)
 	bool		isnull;
 	int64		height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
 	int32		n = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
-	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(t, d, 3, &isnull));
-	bytea	   *leaves = DatumGetByteaPP(SPI_getbinval(t, d, 4, &isnull));
+	Datum		ids_value = SPI_getbinval(t, d, 3, &isnull);
+	ArrayType  *ids = (ArrayType *) read_block_array(vs, 0, ids_value, isnull);
+	Datum		leaves_value = SPI_getbinval(t, d, 4, &isnull);
+	bytea	   *leaves = (bytea *) read_block_array(vs, 1, leaves_value, isnull);
 	uint8		root[AUDIT_HASH_LEN];
 	uint8		computed[AUDIT_HASH_LEN];
 	int			slot = open_block_slot(vs);
@@ -1044,12 +1096,10 @@ scan_partition(VerifyState *vs, Oid relid)
 	{
 		StringInfoData sql;
 		Portal		portal;
-		int			save_nestlevel = NewGUCNestLevel();
+		int			save_nestlevel = audit_plan_transaction_range_scans();
 		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 
-		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "SELECT * FROM ONLY %s WHERE transaction_id >= $1",
 						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),

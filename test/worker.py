@@ -10,6 +10,9 @@ pg_stat_activity every 0.2 s throughout. It asserts:
      wakes the launcher; without that it scans every 10 s), and one appears in
      NAME_other too;
   2. rows get sealed without anyone calling audit.seal() (time reported);
+  2b. with nothing to seal, the worker uses under 5% of a CPU (utime + stime
+     from /proc over 4 s; each idle run is one index probe, planned without
+     JIT);
   3. one database's trouble does not stop sealing in another: while a session
      holds EXCLUSIVE on audit.audit_chain_state of NAME_other for 5 s,
      its worker waits on the lock and its new row stays unsealed, but rows of
@@ -131,6 +134,27 @@ def reload_conf(conn):
     time.sleep(1.0)     # the postmaster signals the workers; let them reload
 
 
+def idle_cpu_share(monitor, db, seconds):
+    """(share of one CPU the database's worker used over seconds, its PID),
+    from utime + stime in /proc/PID/stat (the server runs on this machine)."""
+    pids = monitor.pids(db)
+    if not pids:
+        return None, None
+    pid = pids[0]
+
+    def ticks():
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])     # utime, stime (fields 14, 15)
+    try:
+        before = ticks()
+        time.sleep(seconds)
+        used = (ticks() - before) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None, pid
+    return used / seconds, pid
+
+
 def interval_run(conn, seconds, label):
     """Insert a row every 0.25 s for seconds; once sealed, (max lag, gaps between runs)."""
     rows = []
@@ -201,6 +225,14 @@ def main():
         res.check(None not in times, "2: rows are sealed without anyone calling audit.seal() "
                   "(after %s s)" % ", ".join("%.2f" % t if t is not None else "never"
                                              for t in times), "limit 5 s")
+
+        # 2b. An idle worker costs next to nothing: each run is one probe.
+        cpu, wpid = idle_cpu_share(monitor, db, 4.0)
+        res.check(cpu is not None and cpu < 0.05,
+                  "2b: with nothing to seal, the worker (PID %s) used %.1f%% of a CPU over 4 s "
+                  "(limit 5%%; a run every %s)" % (wpid, 100 * (cpu or 0), conn.execute(
+                      "SHOW audit_db.seal_interval").fetchone()[0]),
+                  "CPU share %r (None: the worker's /proc entry could not be read)" % cpu)
 
         # 3. Trouble in one database does not stop sealing in another.
         lock = psycopg.connect(autocommit=True, dbname=other, application_name="worker-test-lock")
