@@ -14,12 +14,18 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "commands/defrem.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/guc.h"
 
 #include "audit_db.h"
@@ -63,9 +69,64 @@ release_database_of(Node *stmt)
 }
 
 /*
+ * drops_audit_db
+ *		Whether a utility statement is DROP EXTENSION ... audit_db ...
+ */
+static bool
+drops_audit_db(Node *stmt)
+{
+	ListCell   *lc;
+
+	if (!IsA(stmt, DropStmt) || ((DropStmt *) stmt)->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, ((DropStmt *) stmt)->objects)
+	{
+		Node	   *name = lfirst(lc);
+
+		if (IsA(name, String) && strcmp(strVal(name), "audit_db") == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * lock_out_sealer
+ *		Before DROP EXTENSION audit_db: take the chain head
+ *		(audit.audit_chain_state) in ACCESS EXCLUSIVE mode, the first lock a
+ *		seal run takes.  A run in progress finishes first; a new one waits
+ *		holding nothing else.  Without this, the drop (locking the
+ *		extension's objects one by one) and a seal run (locking the log, the
+ *		blocks and the partitions) could each wait for the other, and the
+ *		deadlock detector might cancel the DROP.
+ */
+static void
+lock_out_sealer(void)
+{
+	Oid			extoid = get_extension_oid("audit_db", true);
+	Oid			nsp;
+	Oid			relid;
+
+	/* Only for whoever may drop it: nobody else gets to queue this lock. */
+	if (!OidIsValid(extoid))
+		return;
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(ExtensionRelationId, extoid, GetUserId()))
+		return;
+#else
+	if (!pg_extension_ownercheck(extoid, GetUserId()))
+		return;
+#endif
+	nsp = get_namespace_oid(AUDIT_SCHEMA_NAME, true);
+	relid = OidIsValid(nsp) ? get_relname_relid("audit_chain_state", nsp) : InvalidOid;
+	if (OidIsValid(relid))
+		LockRelationOid(relid, AccessExclusiveLock);
+}
+
+/*
  * audit_process_utility
  *		Before a statement that needs a database without other connections,
- *		have audit_db's background worker leave it.
+ *		have audit_db's background worker leave it; before DROP EXTENSION
+ *		audit_db, keep the sealer out of the extension's tables.
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -76,6 +137,8 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 
 	if (OidIsValid(dboid))
 		audit_worker_release_database(dboid);
+	if (drops_audit_db(pstmt->utilityStmt))
+		lock_out_sealer();
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
