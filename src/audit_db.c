@@ -2,8 +2,9 @@
  *
  * audit_db.c
  *	  Module entry point of the audit_db extension: the PG_MODULE_MAGIC
- *	  block, _PG_init (settings and callbacks), and the small vocabulary
- *	  helpers shared by the other files.
+ *	  block, _PG_init (settings and callbacks), the utility hook that keeps
+ *	  the background worker out of the way of DROP DATABASE and DROP
+ *	  EXTENSION, and the small helpers shared by the other files.
  *
  * The library works both when loaded on first use (CREATE EXTENSION, the
  * first call of one of its functions) and when listed in
