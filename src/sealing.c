@@ -19,22 +19,26 @@
  */
 #include "postgres.h"
 
+#include "access/brin.h"
 #include "access/genam.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -172,10 +176,47 @@ flush_block(SealState *st)
 }
 
 /*
+ * Ranges of the last SEAL_BRIN_TAIL_PAGES pages of a partition are left
+ * unsummarised.  Under concurrent inserts PostgreSQL extends a table by up to
+ * 512 pages at a time and hands the new pages out through the free space
+ * map, so the pages near the end are still being filled; a summarised range
+ * makes every later insert into it rewrite its summary (WAL, an exclusive
+ * lock on a shared BRIN page).  Unsummarised ranges cost the sealer only a
+ * bitmap scan of their pages (about 25,000 rows here).
+ */
+#define SEAL_BRIN_TAIL_PAGES	1024
+
+/* Per BRIN index: the first range not yet handed to brin_summarize_range(). */
+typedef struct SummarizedUpTo
+{
+	Oid			indexoid;
+	BlockNumber next;
+} SummarizedUpTo;
+
+static SummarizedUpTo *summarized = NULL;
+static int	nsummarized = 0;
+
+static SummarizedUpTo *
+summarized_entry(Oid indexoid)
+{
+	for (int i = 0; i < nsummarized; i++)
+		if (summarized[i].indexoid == indexoid)
+			return &summarized[i];
+	if (summarized == NULL)
+		summarized = MemoryContextAlloc(TopMemoryContext, sizeof(SummarizedUpTo) * 64);
+	else if (nsummarized % 64 == 0)
+		summarized = repalloc(summarized, sizeof(SummarizedUpTo) * (nsummarized + 64));
+	summarized[nsummarized].indexoid = indexoid;
+	summarized[nsummarized].next = 0;
+	return &summarized[nsummarized++];
+}
+
+/*
  * summarize_brin
- *		Summarise the new block ranges of the BRIN index of each partition
- *		sealed into, so the next run's bitmap scan skips what it sealed.
- *		Skips a partition whose lock is busy (VACUUM): next run retries.
+ *		Summarise the block ranges of the BRIN index of each partition
+ *		sealed into, up to SEAL_BRIN_TAIL_PAGES before its end, so later
+ *		runs' bitmap scans skip what was sealed.  Skips a partition whose
+ *		lock is busy (VACUUM): a later run catches up.
  */
 static void
 summarize_brin(List *partitions)
@@ -188,6 +229,7 @@ summarize_brin(List *partitions)
 		Relation	rel;
 		List	   *indexes;
 		ListCell   *ic;
+		BlockNumber nblocks;
 
 		if (!ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
 			continue;
@@ -195,20 +237,42 @@ summarize_brin(List *partitions)
 		if (!RelationIsValid(rel))
 			continue;
 		indexes = RelationGetIndexList(rel);
+		nblocks = RelationGetNumberOfBlocks(rel);
 		RelationClose(rel);
+		if (nblocks <= SEAL_BRIN_TAIL_PAGES)
+			continue;
 		foreach(ic, indexes)
 		{
 			Oid			indexoid = lfirst_oid(ic);
+			Relation	index;
+			BlockNumber per_range;
+			BlockNumber end;
+			SummarizedUpTo *done;
 
-			HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(indexoid));
-			bool		is_brin;
-
-			if (!HeapTupleIsValid(tup))
+			index = try_relation_open(indexoid, AccessShareLock);
+			if (index == NULL)
 				continue;
-			is_brin = ((Form_pg_class) GETSTRUCT(tup))->relam == BRIN_AM_OID;
-			ReleaseSysCache(tup);
-			if (is_brin)
-				(void) DirectFunctionCall1(brin_summarize_new_values, ObjectIdGetDatum(indexoid));
+			if (index->rd_rel->relam != BRIN_AM_OID)
+			{
+				relation_close(index, AccessShareLock);
+				continue;
+			}
+			per_range = BrinGetPagesPerRange(index);
+			relation_close(index, AccessShareLock);
+
+			end = nblocks - SEAL_BRIN_TAIL_PAGES;
+			end -= end % per_range;
+			done = summarized_entry(indexoid);
+			if (done->next > nblocks)
+				done->next = 0;		/* a new relation with the same index OID */
+			for (BlockNumber blk = done->next; blk < end; blk += per_range)
+			{
+				CHECK_FOR_INTERRUPTS();
+				(void) DirectFunctionCall2(brin_summarize_range, ObjectIdGetDatum(indexoid),
+										   Int64GetDatum((int64) blk));
+			}
+			if (end > done->next)
+				done->next = end;
 		}
 		list_free(indexes);
 	}

@@ -15,7 +15,8 @@
  *		audit.wake_launcher()); otherwise starts a seal run every
  *		audit_db.seal_interval (measured from the start of one run to the
  *		start of the next, so a row waits at most about one interval plus
- *		one run's duration once it is sealable).  An
+ *		one run's duration once it is sealable; while runs find nothing the
+ *		pause doubles up to one second).  An
  *		error is logged and retried with exponential back-off (up to one
  *		minute) instead of ending the worker.
  *
@@ -58,6 +59,9 @@
 #include "worker.h"
 
 int			audit_seal_interval_ms = 200;
+
+/* The longest pause between the probes of an idle database (see below). */
+#define IDLE_INTERVAL_MS	1000
 int			audit_max_database_workers = 8;
 char	   *audit_skip_databases = NULL;
 
@@ -364,7 +368,8 @@ audit_launcher_main(Datum arg)
  */
 typedef enum SealOutcome
 {
-	SEAL_OK,
+	SEAL_OK,					/* sealed rows */
+	SEAL_IDLE,					/* nothing to seal */
 	SEAL_FAILED,
 	SEAL_NO_EXTENSION
 } SealOutcome;
@@ -390,7 +395,10 @@ seal_once(void)
 
 	PG_TRY();
 	{
-		(void) audit_seal_run();
+		AuditSealResult r = audit_seal_run();
+
+		if (r.rows == 0)
+			outcome = SEAL_IDLE;
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -412,6 +420,7 @@ audit_database_worker_main(Datum dboid)
 {
 	int			backoff_ms = 0;
 	int			missing_checks = 0;
+	int			idle_runs = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -437,6 +446,12 @@ audit_database_worker_main(Datum dboid)
 			case SEAL_OK:
 				backoff_ms = 0;
 				missing_checks = 0;
+				idle_runs = 0;
+				break;
+			case SEAL_IDLE:
+				backoff_ms = 0;
+				missing_checks = 0;
+				idle_runs = Min(idle_runs + 1, 10);
 				break;
 			case SEAL_FAILED:
 				backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, MAX_BACKOFF_MS);
@@ -454,10 +469,19 @@ audit_database_worker_main(Datum dboid)
 			wait_ms = Max(audit_seal_interval_ms, backoff_ms);
 		else
 		{
-			/* The interval runs from start to start: a long run eats into it. */
+			/*
+			 * The interval runs from start to start: a long run eats into it.
+			 * After runs that found nothing it doubles, up to IDLE_INTERVAL_MS
+			 * (or the setting, if longer): an idle database is probed about
+			 * once a second, a busy one every audit_db.seal_interval.
+			 */
 			long		elapsed_ms = (long) ((GetCurrentTimestamp() - run_start) / 1000);
+			long		interval_ms = audit_seal_interval_ms;
 
-			wait_ms = Max(audit_seal_interval_ms - elapsed_ms, 0);
+			for (int i = 0; i < idle_runs && interval_ms < IDLE_INTERVAL_MS; i++)
+				interval_ms = Min(interval_ms * 2, IDLE_INTERVAL_MS);
+			interval_ms = Max(interval_ms, audit_seal_interval_ms);
+			wait_ms = Max(interval_ms - elapsed_ms, 0);
 		}
 		/* Even with no time left, poll: that notices postmaster death. */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
