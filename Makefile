@@ -23,6 +23,11 @@ OBJS        = src/audit_db.o \
               src/verification.o \
               src/worker.o
 
+# -Wextra, less two warnings PostgreSQL's own sources do not build with:
+# unused parameters (callback signatures fixed by the server) and signed /
+# unsigned comparisons (raised inside server macros such as ARR_DATA_PTR).
+PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
+
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 

@@ -880,7 +880,7 @@ check_rule_definition(const char *preset, const char *field, const char *rule,
 {
 	bool		known = false;
 
-	for (int i = 0; i < lengthof(rule_names); i++)
+	for (int i = 0; i < (int) lengthof(rule_names); i++)
 		known |= (strcmp(rule, rule_names[i]) == 0);
 	if (!known)
 		preset_error(preset, psprintf("unknown rule \"%s\" for field \"%s\"", rule, field),

@@ -606,7 +606,7 @@ audit_encode_leaf_input(StringInfo buf, Datum *values, bool *nulls,
 	else
 		put_int64(buf, DatumGetTimestampTz(VAL(AC_TIMESTAMP)) + UNIX_TO_POSTGRES_USECS);
 
-	for (int i = 0; i < lengthof(text_fields); i++)
+	for (int i = 0; i < (int) lengthof(text_fields); i++)
 		put_text_datum(buf, VAL(text_fields[i]), NUL(text_fields[i]));
 
 	if (NUL(AC_PROCESSING_LATENCY))

@@ -140,7 +140,7 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 #define SETNULL(c)	(values[map->attno[c]] = (Datum) 0, nulls[map->attno[c]] = true)
 
 	/* Validate what the writer chose. */
-	for (int i = 0; i < lengthof(required_columns); i++)
+	for (int i = 0; i < (int) lengthof(required_columns); i++)
 	{
 		if (nulls[map->attno[required_columns[i]]])
 			ereport(ERROR,

@@ -174,17 +174,25 @@ flush_block(SealState *st)
 }
 
 /*
- * Ranges of the last SEAL_BRIN_TAIL_PAGES pages of a partition are left
- * unsummarised.  Under concurrent inserts PostgreSQL extends a table by up to
- * 512 pages at a time and hands the new pages out through the free space
- * map, so the pages near the end are still being filled; a summarised range
- * makes every later insert into it rewrite its summary (WAL, an exclusive
- * lock on a shared BRIN page).  Unsummarised ranges cost the sealer only a
- * bitmap scan of their pages (about 25,000 rows here).
+ * A partition's BRIN ranges are summarised once no insert will land in them
+ * again, so that later runs' bitmap scans skip what was sealed.  Summarising
+ * too early is costly: under concurrent inserts PostgreSQL extends a table by
+ * up to 512 pages at a time and hands the new pages out through the free
+ * space map, so ranges near the end are still being filled, and a summarised
+ * range makes every later insert into it rewrite its summary (WAL, an
+ * exclusive lock on a shared BRIN page).  Left unsummarised, a range costs
+ * every seal run a recheck of all its rows, which under a steady insert load
+ * was most of the sealer's CPU.
+ *
+ * So a range is summarised when it lies more than SEAL_BRIN_TAIL_PAGES pages
+ * before the end of the partition, or, nearer the end, when every one of its
+ * pages is full: its free space is smaller than the average row already on
+ * it.  Rows that still fit (smaller than their neighbours) cost one summary
+ * update each, which is correct and rare.
  */
 #define SEAL_BRIN_TAIL_PAGES	1024
 
-/* Per BRIN index: the first range not yet handed to brin_summarize_range(). */
+/* Per BRIN index: every range below `next` was handed to brin_summarize_range(). */
 typedef struct SummarizedUpTo
 {
 	Oid			indexoid;
@@ -210,11 +218,39 @@ summarized_entry(Oid indexoid)
 }
 
 /*
+ * range_is_full
+ *		True when no page of heap blocks [start, start + npages) has room for
+ *		a row of the average size already stored on it.  Reads only page
+ *		headers, under a share lock, one page at a time.
+ */
+static bool
+range_is_full(Relation rel, BlockNumber start, BlockNumber npages)
+{
+	for (BlockNumber blk = start; blk < start + npages; blk++)
+	{
+		Buffer		buf = ReadBuffer(rel, blk);
+		Page		page;
+		OffsetNumber nitems;
+		Size		used;
+		Size		free_space;
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		nitems = PageIsNew(page) ? 0 : PageGetMaxOffsetNumber(page);
+		used = nitems > 0 ? ((PageHeader) page)->pd_special - ((PageHeader) page)->pd_upper : 0;
+		free_space = nitems > 0 ? PageGetHeapFreeSpace(page) : BLCKSZ;
+		UnlockReleaseBuffer(buf);
+		if (nitems == 0 || free_space >= used / nitems)
+			return false;
+	}
+	return true;
+}
+
+/*
  * summarize_brin
- *		Summarise the block ranges of the BRIN index of each partition
- *		sealed into, up to SEAL_BRIN_TAIL_PAGES before its end, so later
- *		runs' bitmap scans skip what was sealed.  Skips a partition whose
- *		lock is busy (VACUUM): a later run catches up.
+ *		Summarise the BRIN ranges of each partition sealed into that will
+ *		not receive rows again (see above).  Skips a partition whose lock
+ *		is busy (VACUUM): a later run catches up.
  */
 static void
 summarize_brin(List *partitions)
@@ -231,21 +267,20 @@ summarize_brin(List *partitions)
 
 		if (!ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
 			continue;
-		rel = RelationIdGetRelation(relid);
-		if (!RelationIsValid(rel))
+		rel = try_relation_open(relid, NoLock);
+		if (rel == NULL)
 			continue;
 		indexes = RelationGetIndexList(rel);
 		nblocks = RelationGetNumberOfBlocks(rel);
-		RelationClose(rel);
-		if (nblocks <= SEAL_BRIN_TAIL_PAGES)
-			continue;
 		foreach(ic, indexes)
 		{
 			Oid			indexoid = lfirst_oid(ic);
 			Relation	index;
 			BlockNumber per_range;
-			BlockNumber end;
+			BlockNumber old_end;
+			BlockNumber full_end;
 			SummarizedUpTo *done;
+			bool		contiguous;
 
 			index = try_relation_open(indexoid, AccessShareLock);
 			if (index == NULL)
@@ -258,20 +293,29 @@ summarize_brin(List *partitions)
 			per_range = BrinGetPagesPerRange(index);
 			relation_close(index, AccessShareLock);
 
-			end = nblocks - SEAL_BRIN_TAIL_PAGES;
-			end -= end % per_range;
+			/* Ranges entirely below old_end are old enough; below full_end, complete. */
+			old_end = nblocks > SEAL_BRIN_TAIL_PAGES ? nblocks - SEAL_BRIN_TAIL_PAGES : 0;
+			old_end -= old_end % per_range;
+			full_end = nblocks - nblocks % per_range;
 			done = summarized_entry(indexoid);
 			if (done->next > nblocks)
 				done->next = 0;		/* a new relation with the same index OID */
-			for (BlockNumber blk = done->next; blk < end; blk += per_range)
+			contiguous = true;
+			for (BlockNumber blk = done->next; blk < full_end; blk += per_range)
 			{
 				CHECK_FOR_INTERRUPTS();
+				if (blk >= old_end && !range_is_full(rel, blk, per_range))
+				{
+					contiguous = false;
+					continue;
+				}
 				(void) DirectFunctionCall2(brin_summarize_range, ObjectIdGetDatum(indexoid),
 										   Int64GetDatum((int64) blk));
+				if (contiguous)
+					done->next = blk + per_range;
 			}
-			if (end > done->next)
-				done->next = end;
 		}
+		relation_close(rel, NoLock);
 		list_free(indexes);
 	}
 }
