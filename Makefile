@@ -19,6 +19,8 @@ OBJS        = src/audit_db.o \
               src/event_api.o \
               src/vocabulary.o \
               src/partitions.o \
+              src/partition_manager.o \
+              src/maintenance.o \
               src/sealing.o \
               src/verification.o \
               src/worker.o
@@ -31,7 +33,7 @@ PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

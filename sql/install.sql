@@ -18,7 +18,7 @@ WHERE refclassid = 'pg_extension'::regclass
   AND NOT (classid = 'pg_class'::regclass AND objid::regclass::text ~ '^audit\.audit_log_[0-9]{4}_[0-9]{2}$')
 ORDER BY 1;
 
--- Partitions: default, the current and the next UTC month.
+-- Partitions: default, the current UTC month and audit_db.premake_months (6) ahead.
 SELECT count(*) AS partitions,
        count(*) FILTER (WHERE pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT') AS default_partitions
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

@@ -32,6 +32,8 @@
 #include "audit_db.h"
 #include "audit_log_columns.h"
 #include "immutability.h"
+#include "maintenance.h"
+#include "partition_manager.h"
 #include "sealing.h"
 #include "verification.h"
 #include "worker.h"
@@ -243,6 +245,39 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_LIST_INPUT,
 							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.premake_months",
+							"Months of audit_log partitions kept created ahead of the current month.",
+							"Maintenance (the worker, or CALL audit.run_maintenance()) creates them.",
+							&audit_premake_months,
+							6,
+							0,
+							120,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.maintenance_interval",
+							"How often the background worker runs audit_db maintenance; 0 turns it off.",
+							"Needs audit_db in shared_preload_libraries; without it, CALL audit.run_maintenance() from cron.",
+							&audit_maintenance_interval_s,
+							3600,
+							0,
+							7 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.maintenance_lock_timeout",
+							"Longest wait for a table lock in audit_db maintenance DDL; 0 waits forever.",
+							"A step that times out fails (SQLSTATE 55P03) and the next run retries it.",
+							&audit_maintenance_lock_timeout_ms,
+							100,
+							0,
+							INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("audit_db");
 

@@ -68,6 +68,7 @@ audit_partition_bounds(Oid relid, AuditPartition *part)
 
 	part->relid = relid;
 	part->unbounded = true;
+	part->is_default = false;
 	part->from = part->to = 0;
 
 	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -77,6 +78,7 @@ audit_partition_bounds(Oid relid, AuditPartition *part)
 	if (!isnull)
 	{
 		spec = (PartitionBoundSpec *) stringToNode(TextDatumGetCString(datum));
+		part->is_default = IsA(spec, PartitionBoundSpec) && spec->is_default;
 		if (IsA(spec, PartitionBoundSpec) && !spec->is_default &&
 			spec->strategy == PARTITION_STRATEGY_RANGE &&
 			range_bound_value(spec->lowerdatums, &part->from) &&

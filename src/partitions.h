@@ -19,6 +19,7 @@ typedef struct AuditPartition
 {
 	Oid			relid;
 	bool		unbounded;
+	bool		is_default;		/* the DEFAULT partition (then unbounded too) */
 	TimestampTz from;			/* inclusive */
 	TimestampTz to;				/* exclusive */
 } AuditPartition;

@@ -152,6 +152,8 @@ typedef struct VerifyState
 	HeapTuple	pending_block;	/* fetched, not yet loaded */
 	TupleDesc	pending_desc;
 	sealed_hash *sealed;
+	sealed_hash *relocated;		/* sealed rows moved out of the default partition */
+	List	   *relocated_bounds;	/* AuditPartition * of the months they moved to */
 	OpenBlock  *blocks;
 	int			nblocks;
 	bool		any_hashed;		/* some open block's ids are in sealed */
@@ -960,6 +962,8 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	{
 		if (vs->since_last && xid < vs->verified_xid_to)
 			return;				/* sealed in a block verified last time */
+		if (vs->relocated != NULL && sealed_lookup(vs->relocated, id) != NULL)
+			return;				/* checked with the default partition's blocks */
 		if (row_in_organization(vs, values, nulls, map))
 			report(vs, 0, id, "transaction_id", "inserted",
 				   "the row is below the sealed horizon but no block of its partition holds it");
@@ -1061,6 +1065,40 @@ finish_partition(VerifyState *vs)
 }
 
 /*
+ * verify_cursor_rows
+ *		Feed every row of an open SPI cursor over one partition to verify_row,
+ *		then close the cursor.  values/nulls hold the partition's attributes.
+ */
+static void
+verify_cursor_rows(VerifyState *vs, Portal portal, const AuditColumnMap *map, Datum *values, bool *nulls)
+{
+	for (;;)
+	{
+		SPITupleTable *tt;
+		uint64		fetched;
+
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		tt = SPI_tuptable;
+		fetched = SPI_processed;	/* verify_row() runs SPI too */
+		for (uint64 i = 0; i < fetched; i++)
+		{
+			MemoryContext old;
+
+			CHECK_FOR_INTERRUPTS();
+			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, nulls);
+			old = MemoryContextSwitchTo(vs->row_cxt);
+			verify_row(vs, values, nulls, map);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(vs->row_cxt);
+		}
+		SPI_freetuptable(tt);
+	}
+	SPI_cursor_close(portal);
+}
+
+/*
  * scan_partition
  *		Feed every row of one partition to verify_row: a sequential scan for
  *		a whole verification, the BRIN index for rows newer than the last.
@@ -1106,34 +1144,113 @@ scan_partition(VerifyState *vs, Oid relid)
 													RelationGetRelationName(rel)));
 		portal = SPI_cursor_open_with_args(NULL, sql.data, 1, (Oid[]) {INT8OID},
 										   (Datum[]) {Int64GetDatum(vs->rows_min_xid)}, NULL, true, 0);
-		for (;;)
-		{
-			SPITupleTable *tt;
-			uint64		fetched;
-
-			SPI_cursor_fetch(portal, true, 1000);
-			if (SPI_processed == 0)
-				break;
-			tt = SPI_tuptable;
-			fetched = SPI_processed;
-
-			for (uint64 i = 0; i < fetched; i++)
-			{
-				MemoryContext old;
-
-				CHECK_FOR_INTERRUPTS();
-				heap_deform_tuple(tt->vals[i], tt->tupdesc, values, nulls);
-				old = MemoryContextSwitchTo(vs->row_cxt);
-				verify_row(vs, values, nulls, map);
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(vs->row_cxt);
-			}
-			SPI_freetuptable(tt);
-		}
-		SPI_cursor_close(portal);
+		verify_cursor_rows(vs, portal, map, values, nulls);
 		AtEOXact_GUC(true, save_nestlevel);
 	}
 	table_close(rel, AccessShareLock);
+}
+
+/*
+ * load_relocations
+ *		Enter the ids of the sealed rows moved out of the default partition
+ *		(audit.audit_log_relocation) into vs->relocated.
+ */
+static void
+load_relocations(VerifyState *vs)
+{
+	MemoryContext old;
+
+	if (SPI_execute("SELECT row_ids, partition_from, partition_to FROM audit.audit_log_relocation",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit.audit_log_relocation failed");
+	old = MemoryContextSwitchTo(vs->cxt);
+	vs->relocated = sealed_create(vs->cxt, Max(SPI_processed * 8, 16), NULL);
+	MemoryContextSwitchTo(old);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		ArrayType  *ids;
+		int64	   *data;
+		int			n;
+		AuditPartition *bounds;
+
+		if (isnull)
+			continue;
+		old = MemoryContextSwitchTo(vs->cxt);
+		bounds = palloc0(sizeof(AuditPartition));
+		bounds->from = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+		bounds->to = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull));
+		vs->relocated_bounds = lappend(vs->relocated_bounds, bounds);
+		MemoryContextSwitchTo(old);
+		ids = DatumGetArrayTypeP(value);
+		if (ARR_NDIM(ids) != 1 || ARR_HASNULL(ids) || ARR_ELEMTYPE(ids) != INT8OID)
+			continue;
+		n = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+		data = (int64 *) ARR_DATA_PTR(ids);
+		for (int i = 0; i < n; i++)
+		{
+			bool		found;
+
+			(void) sealed_insert(vs->relocated, data[i], &found);
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * scan_relocated
+ *		Feed the rows moved out of the default partition, now in their
+ *		month's partition, to verify_row while the default partition's
+ *		blocks are open.
+ */
+static void
+scan_relocated(VerifyState *vs, AuditPartition *parts, int nparts)
+{
+	Portal		portal;
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+	int			natts = 0;
+	int			save_nestlevel;
+
+	save_nestlevel = audit_plan_transaction_range_scans();
+	for (int i = 0; i < nparts; i++)
+	{
+		Relation	rel;
+		const AuditColumnMap *map;
+		StringInfoData sql;
+		ListCell   *lc;
+		bool		has_relocated = false;
+
+		if (parts[i].unbounded)
+			continue;
+		foreach(lc, vs->relocated_bounds)
+			has_relocated |= audit_partition_same_bounds(&parts[i], (AuditPartition *) lfirst(lc));
+		if (!has_relocated)
+			continue;
+		rel = table_open(parts[i].relid, AccessShareLock);
+		map = audit_columns_for_relation(rel);
+		if (natts < RelationGetDescr(rel)->natts)
+		{
+			natts = RelationGetDescr(rel)->natts;
+			values = palloc(sizeof(Datum) * natts);
+			nulls = palloc(sizeof(bool) * natts);
+		}
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT a.* FROM ONLY %s a JOIN audit.audit_log_relocation r"
+						 " ON r.partition_from = $1 AND r.partition_to = $2"
+						 " AND a.id = ANY (r.row_ids) AND a.transaction_id >= r.transaction_id_min"
+						 " AND a.transaction_id <= r.transaction_id_max",
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													RelationGetRelationName(rel)));
+		portal = SPI_cursor_open_with_args(NULL, sql.data, 2, (Oid[]) {TIMESTAMPTZOID, TIMESTAMPTZOID},
+										   (Datum[]) {TimestampTzGetDatum(parts[i].from),
+										   TimestampTzGetDatum(parts[i].to)}, NULL, true, 0);
+		verify_cursor_rows(vs, portal, map, values, nulls);
+		table_close(rel, AccessShareLock);
+	}
+	AtEOXact_GUC(true, save_nestlevel);
 }
 
 static void
@@ -1141,6 +1258,8 @@ check_rows(VerifyState *vs)
 {
 	int			nparts;
 	AuditPartition *parts = audit_log_partitions(&nparts);
+
+	load_relocations(vs);
 
 	for (int i = 0; i < nparts; i++)
 	{
@@ -1155,6 +1274,15 @@ check_rows(VerifyState *vs)
 		/* Partitions with the same bounds (only unbounded ones) share blocks. */
 		for (j = i; j < nparts && audit_partition_same_bounds(&parts[i], &parts[j]); j++)
 			scan_partition(vs, parts[j].relid);
+		if (parts[i].unbounded && vs->relocated->members > 0)
+		{
+			/* Rows sealed here and moved since: verified against these blocks. */
+			sealed_hash *relocated = vs->relocated;
+
+			vs->relocated = NULL;
+			scan_relocated(vs, parts, nparts);
+			vs->relocated = relocated;
+		}
 		finish_partition(vs);
 		i = j - 1;
 	}

@@ -16,7 +16,9 @@
  *		audit_db.seal_interval (measured from the start of one run to the
  *		start of the next, so a row waits at most about one interval plus
  *		one run's duration once it is sealable; while runs find nothing the
- *		pause doubles up to one second).  An
+ *		pause doubles up to one second), and a maintenance run
+ *		(maintenance.c) when it starts and every
+ *		audit_db.maintenance_interval.  An
  *		error is logged and retried with exponential back-off (up to one
  *		minute) instead of ending the worker.
  *
@@ -36,6 +38,7 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -55,6 +58,7 @@
 #include "utils/varlena.h"
 
 #include "audit_db.h"
+#include "maintenance.h"
 #include "sealing.h"
 #include "worker.h"
 
@@ -415,9 +419,60 @@ seal_once(void)
 	return outcome;
 }
 
+/*
+ * maintenance_once
+ *		One maintenance run (maintenance.c), each step committed on its own.
+ *		An error outside the steps is logged; the next interval retries.
+ */
+static void
+maintenance_once(void)
+{
+	static MemoryContext maintenance_cxt = NULL;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	if (maintenance_cxt == NULL)
+		maintenance_cxt = AllocSetContextCreate(TopMemoryContext, "audit_db worker maintenance",
+												ALLOCSET_DEFAULT_SIZES);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "audit_db: maintenance");
+	if (!OidIsValid(get_extension_oid("audit_db", true)))
+	{
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		MemoryContextSwitchTo(oldcxt);
+		return;
+	}
+
+	PG_TRY();
+	{
+		int64		run_id;
+
+		/* SPI returns to this context after each commit: it must outlive them. */
+		MemoryContextSwitchTo(maintenance_cxt);
+		SPI_connect_ext(SPI_OPT_NONATOMIC);
+		(void) audit_run_maintenance(GetCurrentTimestamp(), true, "worker", &run_id);
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(maintenance_cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(maintenance_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 void
 audit_database_worker_main(Datum dboid)
 {
+	TimestampTz last_maintenance = 0;
+
 	int			backoff_ms = 0;
 	int			missing_checks = 0;
 	int			idle_runs = 0;
@@ -458,9 +513,19 @@ audit_database_worker_main(Datum dboid)
 				break;
 			case SEAL_NO_EXTENSION:
 				/* Woken by a CREATE EXTENSION that may not have committed yet: look again a few times. */
+				last_maintenance = 0;	/* a new extension gets its maintenance run at once */
 				if (++missing_checks > 5)
 					proc_exit(0);
 				break;
+		}
+
+		/* Maintenance: due audit_db.maintenance_interval after the last one started. */
+		if (missing_checks == 0 && audit_maintenance_interval_s > 0 &&
+			TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
+									   audit_maintenance_interval_s * 1000))
+		{
+			last_maintenance = GetCurrentTimestamp();
+			maintenance_once();
 		}
 
 		if (missing_checks > 0)

@@ -91,49 +91,10 @@ ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_update;
 ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_delete;
 ALTER TABLE audit.audit_log ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
 
--- audit.ensure_month_partition(at): the partition of audit.audit_log that holds
--- the UTC calendar month of "at", created (with its guards) if missing.
--- Bounds are UTC month starts whatever the session's TimeZone.
-CREATE FUNCTION audit.ensure_month_partition(at timestamptz)
-RETURNS regclass
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  month_start timestamptz := date_trunc('month', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-  month_end   timestamptz := (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
-  part_name   text := 'audit_log_' || to_char(at AT TIME ZONE 'UTC', 'YYYY_MM');
-  part        regclass;
-BEGIN
-  IF at IS NULL OR NOT isfinite(at) THEN
-    RAISE EXCEPTION 'cannot create an audit_log partition for %', coalesce(at::text, 'NULL')
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Pass a finite timestamp inside the month to create.';
-  END IF;
-
-  part := to_regclass(format('audit.%I', part_name));
-  IF part IS NOT NULL THEN
-    RETURN part;
-  END IF;
-
-  EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.audit_log FOR VALUES FROM (%L) TO (%L)',
-                 part_name, month_start, month_end);
-  part := format('audit.%I', part_name)::regclass;
-  -- Statement-level TRUNCATE triggers are not cloned to partitions.
-  EXECUTE format('CREATE TRIGGER audit_log_refuse_truncate BEFORE TRUNCATE ON %s '
-                 'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change()', part);
-  EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER audit_log_refuse_truncate', part);
-  RETURN part;
-END
-$$;
-COMMENT ON FUNCTION audit.ensure_month_partition(timestamptz) IS
-  'Create (if missing) and return the monthly partition of audit.audit_log holding the given time';
-
 -- The default partition catches events outside every monthly partition.
 CREATE TABLE audit.audit_log_default PARTITION OF audit.audit_log DEFAULT;
 CREATE TRIGGER audit_log_refuse_truncate BEFORE TRUNCATE ON audit.audit_log_default
   FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change();
 ALTER TABLE audit.audit_log_default ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
 
-SELECT audit.ensure_month_partition(now());
-SELECT audit.ensure_month_partition(now() + interval '1 month');
+-- The monthly partitions are created by src/sql/60_partition_manager.sql.

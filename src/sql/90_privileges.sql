@@ -8,6 +8,7 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA audit FROM PUBLIC;
+REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA audit FROM PUBLIC;
 -- The domains' CHECK constraints call these pure predicates as the inserting
 -- role, whoever it is; they reveal nothing.
 GRANT EXECUTE ON FUNCTION audit.is_event_status(text), audit.is_data_classification(text),
@@ -54,6 +55,12 @@ GRANT EXECUTE ON FUNCTION audit.verify(timestamptz, timestamptz, text, boolean, 
                           audit.export_chain(), audit.chain_status_row(),
                           audit.block_header_hash(bigint, text, timestamptz, timestamptz, bigint, bigint, bigint, bigint, bytea, timestamptz, bytea),
                           audit.merkle_path(bytea, integer) TO audit_db_auditor;
+
+-- Auditor and partitions / maintenance: read what exists and what was done.
+-- Creating partitions and running maintenance stay with the extension's
+-- owner (and the background worker).
+GRANT SELECT ON audit.partitions, audit.maintenance_run, audit.audit_log_relocation TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.partition_bounds() TO audit_db_auditor;
 
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();

@@ -1,0 +1,40 @@
+/*-------------------------------------------------------------------------
+ *
+ * maintenance.h
+ *	  One maintenance run of an audit_db database: premake partitions,
+ *	  drain the default partition, catch up sealing; recorded in
+ *	  audit.maintenance_run.  Called by CALL audit.run_maintenance() and by
+ *	  the database worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AUDIT_MAINTENANCE_H
+#define AUDIT_MAINTENANCE_H
+
+#include "datatype/timestamp.h"
+
+/* audit_db.maintenance_interval (s): worker runs maintenance this often; 0 = never. */
+extern int	audit_maintenance_interval_s;
+
+/* How a run ended. */
+typedef enum AuditMaintenanceOutcome
+{
+	MAINTENANCE_DONE,			/* every step succeeded */
+	MAINTENANCE_ERRORS,			/* ran; some steps failed (recorded) */
+	MAINTENANCE_BUSY,			/* another run holds the lock: nothing done */
+	MAINTENANCE_STANDBY			/* hot standby: nothing to do */
+} AuditMaintenanceOutcome;
+
+/*
+ * audit_run_maintenance
+ *		Run every maintenance step as of `as_of`.  SPI must be connected; with
+ *		can_commit (a non-atomic SPI connection) each step commits on its own,
+ *		so no lock outlives its step.  A step that fails is rolled back,
+ *		recorded with its error and a WARNING, and the next step runs.
+ *		`via` says who ran it ('worker' or 'call').  Returns how it ended and
+ *		the run's id in *run_id (0 when nothing was recorded).
+ */
+extern AuditMaintenanceOutcome audit_run_maintenance(TimestampTz as_of, bool can_commit,
+													 const char *via, int64 *run_id);
+
+#endif							/* AUDIT_MAINTENANCE_H */
