@@ -53,16 +53,7 @@ INSERT INTO audit.audit_chain_state DEFAULT VALUES;
 COMMENT ON TABLE audit.audit_chain_state IS
   'Head of the audit chain and the transaction-id horizon below which every committed row is sealed';
 
--- Blocks are append-only like the rows they seal.
-CREATE TRIGGER audit_chain_block_refuse_update BEFORE UPDATE ON audit.audit_chain_block
-  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
-CREATE TRIGGER audit_chain_block_refuse_delete BEFORE DELETE ON audit.audit_chain_block
-  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
-CREATE TRIGGER audit_chain_block_refuse_truncate BEFORE TRUNCATE ON audit.audit_chain_block
-  FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change();
-ALTER TABLE audit.audit_chain_block ENABLE ALWAYS TRIGGER audit_chain_block_refuse_update;
-ALTER TABLE audit.audit_chain_block ENABLE ALWAYS TRIGGER audit_chain_block_refuse_delete;
-ALTER TABLE audit.audit_chain_block ENABLE ALWAYS TRIGGER audit_chain_block_refuse_truncate;
+-- Blocks are append-only like the rows they seal (guards: src/sql/70_append_only.sql).
 
 CREATE TABLE audit.audit_integrity_log (
   run_id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

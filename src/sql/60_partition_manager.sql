@@ -18,15 +18,7 @@ CREATE TABLE audit.audit_log_relocation (
 );
 COMMENT ON TABLE audit.audit_log_relocation IS
   'Sealed audit rows moved from the default partition into their month''s partition (for audit.verify)';
-CREATE TRIGGER audit_log_relocation_refuse_update BEFORE UPDATE ON audit.audit_log_relocation
-  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
-CREATE TRIGGER audit_log_relocation_refuse_delete BEFORE DELETE ON audit.audit_log_relocation
-  FOR EACH ROW EXECUTE FUNCTION audit.refuse_audit_change();
-CREATE TRIGGER audit_log_relocation_refuse_truncate BEFORE TRUNCATE ON audit.audit_log_relocation
-  FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_audit_change();
-ALTER TABLE audit.audit_log_relocation ENABLE ALWAYS TRIGGER audit_log_relocation_refuse_update;
-ALTER TABLE audit.audit_log_relocation ENABLE ALWAYS TRIGGER audit_log_relocation_refuse_delete;
-ALTER TABLE audit.audit_log_relocation ENABLE ALWAYS TRIGGER audit_log_relocation_refuse_truncate;
+-- Append-only: guards in src/sql/70_append_only.sql.
 SELECT pg_catalog.pg_extension_config_dump('audit.audit_log_relocation', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.audit_log_relocation_relocation_id_seq', '');
 
