@@ -2,7 +2,9 @@
 -- role, including the owner and a superuser, through the parent, a partition
 -- or the default partition, and also with session_replication_role = replica.
 
-INSERT INTO audit.audit_log (action, status, principal_id) VALUES ('immutable', 'success', 'carol');
+-- A fixed month (not now()), so that the errors name the same partition every month.
+SELECT audit.ensure_month_partition('2030-01-15') AS fixed_month;
+INSERT INTO audit.audit_log ("timestamp", action, status, principal_id) VALUES ('2030-01-15', 'immutable', 'success', 'carol');
 INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('1990-01-01', 'immutable_old', 'success');
 SELECT count(*) AS rows_before FROM audit.audit_log \gset
 
@@ -15,13 +17,13 @@ TRUNCATE audit.audit_log;
 \echo :LAST_ERROR_SQLSTATE
 
 -- Through the partitions directly.
-SELECT format('UPDATE %s SET status = %L', audit.ensure_month_partition(now()), 'failure') AS sql \gset
+SELECT format('UPDATE %s SET status = %L', audit.ensure_month_partition('2030-01-15'), 'failure') AS sql \gset
 :sql;
 \echo :LAST_ERROR_SQLSTATE
-SELECT format('DELETE FROM %s', audit.ensure_month_partition(now())) AS sql \gset
+SELECT format('DELETE FROM %s', audit.ensure_month_partition('2030-01-15')) AS sql \gset
 :sql;
 \echo :LAST_ERROR_SQLSTATE
-SELECT format('TRUNCATE %s', audit.ensure_month_partition(now())) AS sql \gset
+SELECT format('TRUNCATE %s', audit.ensure_month_partition('2030-01-15')) AS sql \gset
 :sql;
 \echo :LAST_ERROR_SQLSTATE
 DELETE FROM audit.audit_log_default;

@@ -26,6 +26,7 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/guc.h"
 
@@ -93,17 +94,21 @@ drops_audit_db(Node *stmt)
 }
 
 /*
- * lock_out_sealer
- *		Before DROP EXTENSION audit_db: take the chain head
- *		(audit.audit_chain_state) in ACCESS EXCLUSIVE mode, the first lock a
- *		seal run takes.  A run in progress finishes first; a new one waits
- *		holding nothing else.  Without this, the drop (locking the
- *		extension's objects one by one) and a seal run (locking the log, the
- *		blocks and the partitions) could each wait for the other, and the
- *		deadlock detector might cancel the DROP.
+ * lock_out_workers
+ *		Before DROP EXTENSION audit_db: first wait out a maintenance run (its
+ *		advisory lock, taken here until the end of the transaction, so no new
+ *		run starts either), then take the chain head (audit.audit_chain_state)
+ *		in ACCESS EXCLUSIVE mode, the first lock a seal run takes.  A run in
+ *		progress finishes first; a new one waits holding nothing else.
+ *		Without this, the drop (locking the extension's objects one by one)
+ *		and a seal or maintenance run (locking the log, the blocks and the
+ *		partitions) could each wait for the other, and the deadlock detector
+ *		might cancel the DROP.  The maintenance lock comes first because a
+ *		maintenance run seals too: it may wait for the chain head, never the
+ *		other way round.
  */
 static void
-lock_out_sealer(void)
+lock_out_workers(void)
 {
 	Oid			extoid = get_extension_oid("audit_db", true);
 	Oid			nsp;
@@ -119,6 +124,7 @@ lock_out_sealer(void)
 	if (!pg_extension_ownercheck(extoid, GetUserId()))
 		return;
 #endif
+	(void) DirectFunctionCall1(pg_advisory_xact_lock_int8, Int64GetDatum(AUDIT_MAINTENANCE_LOCK_KEY));
 	nsp = get_namespace_oid(AUDIT_SCHEMA_NAME, true);
 	relid = OidIsValid(nsp) ? get_relname_relid("audit_chain_state", nsp) : InvalidOid;
 	if (OidIsValid(relid))
@@ -129,7 +135,7 @@ lock_out_sealer(void)
  * audit_process_utility
  *		Before a statement that needs a database without other connections,
  *		have audit_db's background worker leave it; before DROP EXTENSION
- *		audit_db, keep the sealer out of the extension's tables.
+ *		audit_db, keep the sealer and maintenance out of the extension's tables.
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -141,7 +147,7 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	if (OidIsValid(dboid))
 		audit_worker_release_database(dboid);
 	if (drops_audit_db(pstmt->utilityStmt))
-		lock_out_sealer();
+		lock_out_workers();
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);

@@ -54,9 +54,6 @@
 
 int			audit_maintenance_interval_s = 3600;
 
-/* Session advisory lock of a maintenance run: "auditdb" + 'M', as one int8. */
-#define AUDIT_MAINTENANCE_LOCK_KEY	INT64CONST(0x6175646974646244)
-
 /* Most months drained from the default partition in one run. */
 #define DEFAULT_MONTHS_PER_RUN		120
 

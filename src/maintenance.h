@@ -13,6 +13,12 @@
 
 #include "datatype/timestamp.h"
 
+/*
+ * Advisory lock key of a maintenance run (held at session level for the
+ * whole run); DROP EXTENSION takes it at transaction level to wait a run out.
+ */
+#define AUDIT_MAINTENANCE_LOCK_KEY	INT64CONST(0x6175646974646244)
+
 /* audit_db.maintenance_interval (s): worker runs maintenance this often; 0 = never. */
 extern int	audit_maintenance_interval_s;
 

@@ -21,6 +21,11 @@ audit_db CASCADE. Asserts:
     printed);
   - afterwards a final CREATE EXTENSION gets a worker that seals a new row
     (the worker comes back after the drops), and audit.verify() is clean.
+A second loop (MAINT_ROUNDS, 15) races the worker's maintenance run instead:
+CREATE EXTENSION (which gives the worker a maintenance run at once: premake,
+default-partition move, seal), a few rows in the default partition, then
+DROP EXTENSION at once, while that run creates and attaches partitions.
+Asserts every statement succeeded (DROP EXTENSION waits the run out).
 The server log's deadlock reports are not read; the statements' own errors are.
 
 Connects through the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE) as
@@ -39,6 +44,7 @@ psycopg = _load_psycopg()
 
 ROUNDS = int(os.environ.get("DE_ROUNDS", "6"))
 ROWS = int(os.environ.get("DE_ROWS", "200000"))
+MAINT_ROUNDS = int(os.environ.get("DE_MAINT_ROUNDS", "15"))
 
 BULK = """
 INSERT INTO audit.audit_log ("timestamp", principal_id, organization_id, action, status,
@@ -55,6 +61,45 @@ def worker_sealing(conn):
         "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'audit_db worker'"
         " AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND state = 'active'").fetchone()[0]
+
+
+def worker_maintaining(conn):
+    """Whether this database's audit_db worker is in a maintenance run now."""
+    return conn.execute(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'audit_db worker'"
+        " AND datname = current_database() AND query = 'audit_db: maintenance'").fetchone()[0]
+
+
+def maintenance_rounds(res, conn):
+    """DROP EXTENSION right after CREATE EXTENSION, into the worker's maintenance run."""
+    errors = []
+    overlapped = 0
+    for r in range(MAINT_ROUNDS):
+        try:
+            conn.execute("CREATE EXTENSION audit_db")
+            conn.execute("INSERT INTO audit.audit_log (\"timestamp\", action, status) "
+                         "SELECT timestamptz '1990-01-10' + g * interval '32 days', 'old', 'success' "
+                         "FROM generate_series(0, 5) g")
+            deadline = time.monotonic() + 0.3 + 0.02 * r
+            seen = False
+            while time.monotonic() < deadline:
+                if worker_maintaining(conn):
+                    seen = True
+                    break
+                time.sleep(0.002)
+            overlapped += seen
+            conn.execute("DROP EXTENSION audit_db CASCADE")
+        except psycopg.Error as e:
+            errors.append("round %d: %s %s" % (r + 1, e.sqlstate, str(e).strip()))
+            info(errors[-1])
+            conn.execute("DROP EXTENSION IF EXISTS audit_db CASCADE")
+    info("maintenance rounds: the DROP met the worker in its maintenance run in %d of %d rounds"
+         % (overlapped, MAINT_ROUNDS))
+    res.check(not errors, "%d rounds of CREATE EXTENSION, rows in the default partition, DROP EXTENSION "
+              "during the worker's first maintenance run: every statement succeeded" % MAINT_ROUNDS,
+              "\n#   ".join(errors))
+    res.check(overlapped > 0, "the DROP met a running maintenance run at least once "
+              "(%d of %d rounds)" % (overlapped, MAINT_ROUNDS))
 
 
 def main():
@@ -98,6 +143,8 @@ def main():
     res.check(overlapped * 3 >= ROUNDS,
               "the DROP was issued while the worker was sealing in %d of %d rounds "
               "(at least a third, or the race was not exercised)" % (overlapped, ROUNDS))
+
+    maintenance_rounds(res, conn)
 
     conn.execute("CREATE EXTENSION audit_db")
     rid = conn.execute("SELECT audit.log_event(action => 'after_drops', status => 'success')"

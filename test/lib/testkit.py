@@ -66,3 +66,23 @@ def info(msg):
     """A comment line in the output."""
     print("# " + msg)
     sys.stdout.flush()
+
+
+def wait_worker_maintenance(conn, timeout=20.0):
+    """After CREATE EXTENSION: wait until the database worker's first
+    maintenance run has finished, so that it does not move rows out of the
+    default partition under a test that puts them there on purpose.
+    Returns at once when no audit_db worker serves this database (no preload)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM audit.maintenance_run WHERE via = 'worker' AND finished_at IS NOT NULL")
+            if cur.fetchone()[0] > 0:
+                return True
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit_db worker' "
+                        "AND datname = current_database()")
+            if cur.fetchone()[0] == 0 and time.monotonic() > deadline - timeout + 3.0:
+                return False
+        time.sleep(0.05)
+    raise RuntimeError("the audit_db worker's first maintenance run did not finish in %.0f s" % timeout)
