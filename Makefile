@@ -21,6 +21,7 @@ OBJS        = src/audit_db.o \
               src/partitions.o \
               src/partition_manager.o \
               src/maintenance.o \
+              src/retention.o \
               src/sealing.o \
               src/verification.o \
               src/worker.o
@@ -33,7 +34,7 @@ PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain partitions
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -10,7 +10,12 @@
  *	             audit_db.premake_months months exist;
  *	default      rows that landed in the default partition raise a WARNING
  *	             and move into their month's partition, created for them;
- *	seal         a seal run catches up whatever the sealer has not sealed.
+ *	seal         a seal run catches up whatever the sealer has not sealed;
+ *	retention    partitions that may hold expired rows get their summary
+ *	             counted (once, and again when stale), then partitions whose
+ *	             every row expired are dropped and expired rows of the others
+ *	             deleted, each removal sealed into the chain (retention.c),
+ *	             one partition per step.
  *
  * Only one run at a time per database: a run holds a session advisory lock
  * (key AUDIT_MAINTENANCE_LOCK_KEY) and a second caller returns at once.
@@ -50,6 +55,7 @@
 #include "maintenance.h"
 #include "partition_manager.h"
 #include "partitions.h"
+#include "retention.h"
 #include "sealing.h"
 
 int			audit_maintenance_interval_s = 3600;
@@ -68,6 +74,9 @@ typedef struct MaintenanceRun
 	int64		default_rows;
 	int			blocks_sealed;
 	int64		rows_sealed;
+	int			partitions_summarized;
+	int64		rows_removed;
+	List	   *retention;		/* JSON objects (text): what retention removed */
 	List	   *errors;			/* "step: message" */
 } MaintenanceRun;
 
@@ -213,6 +222,102 @@ step_seal(MaintenanceRun *run, void *arg)
 	run->rows_sealed += r.rows;
 }
 
+/* Plan retention: the targets, in the run's memory. */
+static void
+step_retention_plan(MaintenanceRun *run, void *arg)
+{
+	*(List **) arg = audit_retention_targets(run->as_of, run->cxt);
+}
+
+static void
+step_retention_summarize(MaintenanceRun *run, void *arg)
+{
+	audit_retention_summarize((AuditRetentionTarget *) arg);
+	run->partitions_summarized++;
+}
+
+/* A timestamp as JSON (a quoted ISO string). */
+static void
+append_json_timestamp(StringInfo buf, TimestampTz t)
+{
+	escape_json(buf, DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(t))));
+}
+
+static void
+step_retention_enforce(MaintenanceRun *run, void *arg)
+{
+	AuditRetentionTarget *t = (AuditRetentionTarget *) arg;
+	StringInfoData buf;
+	MemoryContext old;
+	ListCell   *lc;
+	bool		first = true;
+
+	audit_retention_enforce(t, run->as_of);
+	run->rows_removed += t->rows_removed;
+
+	old = MemoryContextSwitchTo(run->cxt);
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"partition\": ");
+	escape_json(&buf, t->name);
+	appendStringInfoString(&buf, ", \"range_from\": ");
+	append_json_timestamp(&buf, t->from);
+	appendStringInfo(&buf, ", \"action\": \"%s\", \"rows\": " INT64_FORMAT, t->drop ? "drop" : "delete",
+					 t->rows_removed);
+	if (!t->drop)
+	{
+		appendStringInfoString(&buf, ", \"groups\": [");
+		foreach(lc, t->groups)
+		{
+			AuditRetentionGroup *g = (AuditRetentionGroup *) lfirst(lc);
+
+			appendStringInfoString(&buf, first ? "{\"retention_policy\": " : ", {\"retention_policy\": ");
+			escape_json(&buf, g->retention_policy);
+			appendStringInfoString(&buf, ", \"data_classification\": ");
+			escape_json(&buf, g->data_classification);
+			appendStringInfoString(&buf, ", \"cutoff\": ");
+			append_json_timestamp(&buf, g->cutoff);
+			appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT "}", g->rows_removed);
+			first = false;
+		}
+		appendStringInfoChar(&buf, ']');
+	}
+	appendStringInfoChar(&buf, '}');
+	run->retention = lappend(run->retention, buf.data);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * run_retention
+ *		The retention steps: plan; count the partitions whose summary is
+ *		missing or stale; plan again; drop or delete, one partition a step.
+ */
+static void
+run_retention(MaintenanceRun *run)
+{
+	List	   *targets = NIL;
+	ListCell   *lc;
+	bool		summarized = false;
+
+	if (!run_step(run, "retention", step_retention_plan, &targets))
+		return;
+	foreach(lc, targets)
+	{
+		AuditRetentionTarget *t = (AuditRetentionTarget *) lfirst(lc);
+
+		if (t->summarize)
+			summarized |= run_step(run, "retention summary", step_retention_summarize, t);
+	}
+	if (summarized && !run_step(run, "retention", step_retention_plan, &targets))
+		return;
+	foreach(lc, targets)
+	{
+		AuditRetentionTarget *t = (AuditRetentionTarget *) lfirst(lc);
+
+		if (!t->summarize && (t->drop || t->groups != NIL))
+			(void) run_step(run, "retention", step_retention_enforce, t);
+	}
+}
+
 /* The run's actions as a JSON object (text). */
 static char *
 actions_json(MaintenanceRun *run)
@@ -231,9 +336,19 @@ actions_json(MaintenanceRun *run)
 		first = false;
 	}
 	appendStringInfo(&buf, "], \"default_rows\": " INT64_FORMAT ", \"rows_moved\": " INT64_FORMAT
-					 ", \"rows_relocated\": " INT64_FORMAT ", \"blocks_sealed\": %d, \"rows_sealed\": " INT64_FORMAT "}",
+					 ", \"rows_relocated\": " INT64_FORMAT ", \"blocks_sealed\": %d, \"rows_sealed\": " INT64_FORMAT
+					 ", \"partitions_summarized\": %d, \"rows_removed\": " INT64_FORMAT ", \"retention\": [",
 					 run->default_rows, run->rows_moved, run->rows_relocated, run->blocks_sealed,
-					 run->rows_sealed);
+					 run->rows_sealed, run->partitions_summarized, run->rows_removed);
+	first = true;
+	foreach(lc, run->retention)
+	{
+		if (!first)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, (char *) lfirst(lc));
+		first = false;
+	}
+	appendStringInfoString(&buf, "]}");
 	return buf.data;
 }
 
@@ -338,6 +453,9 @@ audit_run_maintenance(TimestampTz as_of, bool can_commit, const char *via, int64
 
 		/* seal: catch up. */
 		(void) run_step(&run, "seal", step_seal, NULL);
+
+		/* retention: after the seal, so that what expired is sealed. */
+		run_retention(&run);
 
 		values[0] = Int64GetDatum(*run_id);
 		values[1] = CStringGetTextDatum(run.errors == NIL ? "done" : "errors");

@@ -102,58 +102,46 @@ keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 }
 
 /*
- * flush_block
- *		Append the block being filled (if it has rows) to the chain.
+ * audit_append_block
+ *		Append one block to the chain: h holds every header field but the
+ *		Merkle root (computed here over the n leaves) and is completed; ids
+ *		are the n row ids in block order.  The caller holds the chain head
+ *		(audit_lock_chain_head) and h->prev_hash / h->height follow it.
+ *		Writes the header hash to header_hash.
  */
-static void
-flush_block(SealState *st)
+void
+audit_append_block(AuditBlockHeader *h, const Datum *ids, const uint8 *leaves, int n,
+				   uint8 header_hash[AUDIT_HASH_LEN])
 {
-	AuditBlockHeader h;
-	uint8		header_hash[AUDIT_HASH_LEN];
-	ArrayType  *ids;
+	ArrayType  *idarray;
 	Datum		values[14];
 	char		nulls[14];
 	static Oid	types[14] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID,
 		INT4OID, INT8OID, INT8ARRAYOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID};
 	int			rc;
 
-	if (st->nrows == 0)
-		return;
+	audit_merkle_root(leaves, n, h->merkle_root);
+	audit_block_header_hash(h, header_hash);
 
-	memset(&h, 0, sizeof(h));
-	h.height = st->height + 1;
-	memcpy(h.prev_hash, st->head_hash, AUDIT_HASH_LEN);
-	h.kind = "rows";
-	h.in_default_partition = st->part.unbounded;
-	h.partition_from = st->part.from;
-	h.partition_to = st->part.to;
-	h.xid_from = st->xid_from;
-	h.xid_to = st->xid_to;
-	h.row_count = st->nrows;
-	h.rows_total = st->rows_total + st->nrows;
-	audit_merkle_root(st->leaves, st->nrows, h.merkle_root);
-	h.sealed_at = st->sealed_at;
-	audit_block_header_hash(&h, header_hash);
-
-	ids = construct_array(st->ids, st->nrows, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	idarray = construct_array((Datum *) ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 
 	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(h.height);
-	values[1] = CStringGetTextDatum(h.kind);
-	values[2] = TimestampTzGetDatum(h.partition_from);
-	values[3] = TimestampTzGetDatum(h.partition_to);
-	if (h.in_default_partition)
+	values[0] = Int64GetDatum(h->height);
+	values[1] = CStringGetTextDatum(h->kind);
+	values[2] = TimestampTzGetDatum(h->partition_from);
+	values[3] = TimestampTzGetDatum(h->partition_to);
+	if (h->in_default_partition)
 		nulls[2] = nulls[3] = 'n';
-	values[4] = Int64GetDatum(h.xid_from);
-	values[5] = Int64GetDatum(h.xid_to);
-	values[6] = Int32GetDatum((int32) h.row_count);
-	values[7] = Int64GetDatum(h.rows_total);
-	values[8] = PointerGetDatum(ids);
-	values[9] = PointerGetDatum(audit_bytea_from_bytes(st->leaves, st->nrows * AUDIT_HASH_LEN));
-	values[10] = PointerGetDatum(audit_bytea_from_bytes(h.merkle_root, AUDIT_HASH_LEN));
-	values[11] = TimestampTzGetDatum(h.sealed_at);
+	values[4] = Int64GetDatum(h->xid_from);
+	values[5] = Int64GetDatum(h->xid_to);
+	values[6] = Int32GetDatum((int32) h->row_count);
+	values[7] = Int64GetDatum(h->rows_total);
+	values[8] = PointerGetDatum(idarray);
+	values[9] = PointerGetDatum(audit_bytea_from_bytes(leaves, n * AUDIT_HASH_LEN));
+	values[10] = PointerGetDatum(audit_bytea_from_bytes(h->merkle_root, AUDIT_HASH_LEN));
+	values[11] = TimestampTzGetDatum(h->sealed_at);
 	values[12] = PointerGetDatum(audit_bytea_from_bytes(header_hash, AUDIT_HASH_LEN));
-	values[13] = PointerGetDatum(audit_bytea_from_bytes(h.prev_hash, AUDIT_HASH_LEN));
+	values[13] = PointerGetDatum(audit_bytea_from_bytes(h->prev_hash, AUDIT_HASH_LEN));
 
 	rc = SPI_execute_plan(keep_plan(&block_plan,
 									"INSERT INTO audit.audit_chain_block (height, kind, partition_from, partition_to,"
@@ -164,6 +152,66 @@ flush_block(SealState *st)
 						  values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "inserting chain block failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * audit_lock_chain_head
+ *		Lock the chain state row (FOR UPDATE: seal runs and retention
+ *		serialise on it) and read the chain head into *head.
+ */
+void
+audit_lock_chain_head(AuditChainHead *head)
+{
+	bool		isnull;
+	bytea	   *hash;
+
+	if (SPI_execute_plan(keep_plan(&state_plan,
+								   "SELECT height, head_hash, rows_total, horizon_xid"
+								   " FROM audit.audit_chain_state FOR UPDATE", 0, NULL),
+						 NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit.audit_chain_state must hold exactly one row"),
+				 errhint("The chain state was altered outside audit_db; reinstall the extension from a backup.")));
+	head->height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	hash = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (VARSIZE_ANY_EXHDR(hash) != AUDIT_HASH_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit chain head hash has %d bytes, expected %d",
+						(int) VARSIZE_ANY_EXHDR(hash), AUDIT_HASH_LEN),
+				 errhint("The chain state was altered outside audit_db; audit.verify() tells where the chain breaks.")));
+	memcpy(head->head_hash, VARDATA_ANY(hash), AUDIT_HASH_LEN);
+	head->rows_total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	head->horizon_xid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+}
+
+/*
+ * flush_block
+ *		Append the block being filled (if it has rows) to the chain.
+ */
+static void
+flush_block(SealState *st)
+{
+	AuditBlockHeader h;
+	uint8		header_hash[AUDIT_HASH_LEN];
+
+	if (st->nrows == 0)
+		return;
+
+	memset(&h, 0, sizeof(h));
+	h.height = st->height + 1;
+	memcpy(h.prev_hash, st->head_hash, AUDIT_HASH_LEN);
+	h.kind = AUDIT_BLOCK_ROWS;
+	h.in_default_partition = st->part.unbounded;
+	h.partition_from = st->part.from;
+	h.partition_to = st->part.to;
+	h.xid_from = st->xid_from;
+	h.xid_to = st->xid_to;
+	h.row_count = st->nrows;
+	h.rows_total = st->rows_total + st->nrows;
+	h.sealed_at = st->sealed_at;
+	audit_append_block(&h, st->ids, st->leaves, st->nrows, header_hash);
 
 	st->height = h.height;
 	memcpy(st->head_hash, header_hash, AUDIT_HASH_LEN);
@@ -324,6 +372,7 @@ AuditSealResult
 audit_seal_run(void)
 {
 	SealState	st;
+	AuditChainHead head;
 	Snapshot	snap = GetActiveSnapshot();
 	int64		horizon;
 	Portal		portal;
@@ -378,27 +427,10 @@ audit_seal_run(void)
 	}
 
 	/* Lock the chain head; a concurrent run finishes first. */
-	if (SPI_execute_plan(keep_plan(&state_plan,
-								   "SELECT height, head_hash, rows_total, horizon_xid"
-								   " FROM audit.audit_chain_state FOR UPDATE", 0, NULL),
-						 NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("audit.audit_chain_state must hold exactly one row"),
-				 errhint("The chain state was altered outside audit_db; reinstall the extension from a backup.")));
-	st.height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	{
-		bytea	   *head = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-
-		if (VARSIZE_ANY_EXHDR(head) != AUDIT_HASH_LEN)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("audit chain head hash has %d bytes, expected %d",
-							(int) VARSIZE_ANY_EXHDR(head), AUDIT_HASH_LEN),
-					 errhint("The chain state was altered outside audit_db; audit.verify() tells where the chain breaks.")));
-		memcpy(st.head_hash, VARDATA_ANY(head), AUDIT_HASH_LEN);
-	}
-	st.rows_total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	audit_lock_chain_head(&head);
+	st.height = head.height;
+	memcpy(st.head_hash, head.head_hash, AUDIT_HASH_LEN);
+	st.rows_total = head.rows_total;
 
 	/*
 	 * The horizon is taken now that the head is locked, so a run that waited
@@ -406,7 +438,7 @@ audit_seal_run(void)
 	 * of this run takes a newer snapshot, which sees all rows below it.
 	 */
 	horizon = audit_full_xid_of(GetLatestSnapshot()->xmin);
-	st.xid_from = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	st.xid_from = head.horizon_xid;
 	st.xid_to = horizon;
 	st.sealed_at = GetCurrentTimestamp();
 	st.result.height = st.height;

@@ -21,6 +21,13 @@
  *	   below the sealed horizon that no block holds were inserted behind
  *	   the sealer's back.
  *
+ * Retention blocks (retention.c) say which sealed rows are gone on
+ * purpose: the ids listed by "retention_rows" blocks of a partition, and
+ * every row of the "rows" blocks (and relocations) of a partition that a
+ * later "retention_partition" block dropped.  Those rows are expected to
+ * be absent and are counted as retained, not reported missing; the
+ * retention blocks' own Merkle roots are checked against their leaves.
+ *
  * The function only reads, except for its own record in
  * audit.audit_integrity_log, which is skipped on a hot standby or in a
  * read-only transaction.
@@ -153,6 +160,8 @@ typedef struct VerifyState
 	TupleDesc	pending_desc;
 	sealed_hash *sealed;
 	sealed_hash *relocated;		/* sealed rows moved out of the default partition */
+	sealed_hash *retained;		/* ids of the current partition's blocks removed by retention */
+	int64		rows_retained;	/* sealed rows found absent because retention removed them */
 	List	   *relocated_bounds;	/* AuditPartition * of the months they moved to */
 	OpenBlock  *blocks;
 	int			nblocks;
@@ -511,7 +520,13 @@ check_headers(VerifyState *vs)
 					report(vs, h.height, 0, "prev_hash", "modified",
 						   "the block does not link to the header hash of the block before it");
 			}
-			if (have_prev && prev_total >= 0 && h.rows_total != prev_total + h.row_count)
+			if (strcmp(kind, AUDIT_BLOCK_ROWS) != 0 && strcmp(kind, AUDIT_BLOCK_RETENTION_ROWS) != 0 &&
+				strcmp(kind, AUDIT_BLOCK_RETENTION_PARTITION) != 0)
+				report(vs, h.height, 0, "kind", "modified",
+					   psprintf("the block has kind \"%s\", which format v1 does not know", kind));
+			/* Rows sealed, ever: retention blocks leave the count as it was. */
+			if (have_prev && prev_total >= 0 &&
+				h.rows_total != prev_total + (strcmp(kind, AUDIT_BLOCK_ROWS) == 0 ? h.row_count : 0))
 				report(vs, h.height, 0, "rows_total", "modified",
 					   "the running row count does not follow from the block before it");
 			if (have_prev && h.xid_from < prev_xid_from)
@@ -803,6 +818,12 @@ close_block(VerifyState *vs, int slot)
 	{
 		SealedRow  *e;
 
+		if (!b->seen_pos[i] && vs->retained != NULL && vs->retained->members > 0 &&
+			sealed_lookup(vs->retained, b->ids[i]) != NULL)
+		{
+			b->seen_pos[i] = true;	/* removed by retention, as sealed */
+			vs->rows_retained++;
+		}
 		if (!b->seen_pos[i])
 			missing++;
 		if (!b->hashed)
@@ -1019,6 +1040,52 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 }
 
 /*
+ * load_retained
+ *		The ids that retention removed from the rows of the blocks about to
+ *		be opened for `part`, into vs->retained.  For a monthly partition:
+ *		the ids its retention_rows blocks list.  For the default partition
+ *		(whose blocks also seal the rows later relocated into a month): the
+ *		relocated ids that retention removed from that month, row by row or
+ *		with the whole partition after the relocation.
+ */
+static void
+load_retained(VerifyState *vs, const AuditPartition *part)
+{
+	MemoryContext old = MemoryContextSwitchTo(vs->cxt);
+	int			rc;
+
+	vs->retained = sealed_create(vs->cxt, 64, NULL);
+	MemoryContextSwitchTo(old);
+	if (part->unbounded)
+		rc = SPI_execute("SELECT r.id FROM (SELECT unnest(row_ids) AS id, partition_from, partition_to, relocated_at"
+						 "  FROM audit.audit_log_relocation) r"
+						 " WHERE EXISTS (SELECT FROM audit.audit_chain_block d WHERE d.kind = 'retention_partition'"
+						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
+						 "   AND d.sealed_at >= r.relocated_at)"
+						 "  OR EXISTS (SELECT FROM audit.audit_chain_block d WHERE d.kind = 'retention_rows'"
+						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
+						 "   AND r.id = ANY (d.row_ids))", true, 0);
+	else
+		rc = SPI_execute_with_args("SELECT unnest(row_ids) FROM audit.audit_chain_block"
+								   " WHERE kind = 'retention_rows' AND partition_from = $1 AND partition_to = $2",
+								   2, (Oid[]) {TIMESTAMPTZOID, TIMESTAMPTZOID},
+								   (Datum[]) {TimestampTzGetDatum(part->from), TimestampTzGetDatum(part->to)},
+								   NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading retention blocks failed: %s", SPI_result_code_string(rc));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		bool		found;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			(void) sealed_insert(vs->retained, DatumGetInt64(id), &found);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
  * open_partition_blocks / finish_partition
  *		Start and end the blocks of one partition's bounds.
  */
@@ -1029,7 +1096,8 @@ open_partition_blocks(VerifyState *vs, const AuditPartition *part)
 		vs->block_cursor = SPI_cursor_open_with_args(NULL,
 													 "SELECT height, row_count, row_ids, leaves, merkle_root, xid_from, xid_to"
 													 " FROM audit.audit_chain_block"
-													 " WHERE partition_from IS NULL AND height >= $1 ORDER BY height",
+													 " WHERE partition_from IS NULL AND kind = 'rows' AND height >= $1"
+													 " ORDER BY height",
 													 1, (Oid[]) {INT8OID},
 													 (Datum[]) {Int64GetDatum(vs->rows_from_height)},
 													 NULL, true, 0);
@@ -1037,7 +1105,10 @@ open_partition_blocks(VerifyState *vs, const AuditPartition *part)
 		vs->block_cursor = SPI_cursor_open_with_args(NULL,
 													 "SELECT height, row_count, row_ids, leaves, merkle_root, xid_from, xid_to"
 													 " FROM audit.audit_chain_block"
-													 " WHERE partition_from = $2 AND partition_to = $3 AND height >= $1"
+													 " WHERE partition_from = $2 AND partition_to = $3 AND kind = 'rows'"
+													 " AND height >= $1 AND height > coalesce((SELECT max(d.height)"
+													 " FROM audit.audit_chain_block d WHERE d.kind = 'retention_partition'"
+													 " AND d.partition_from = $2 AND d.partition_to = $3), 0)"
 													 " ORDER BY height",
 													 3, (Oid[]) {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID},
 													 (Datum[]) {Int64GetDatum(vs->rows_from_height),
@@ -1049,6 +1120,7 @@ open_partition_blocks(VerifyState *vs, const AuditPartition *part)
 	vs->hint_block = -1;
 	vs->any_hashed = false;
 	vs->sealed = sealed_create(vs->cxt, 1024, NULL);
+	load_retained(vs, part);
 }
 
 static void
@@ -1062,6 +1134,8 @@ finish_partition(VerifyState *vs)
 	SPI_cursor_close(vs->block_cursor);
 	sealed_destroy(vs->sealed);
 	vs->sealed = NULL;
+	sealed_destroy(vs->retained);
+	vs->retained = NULL;
 }
 
 /*
@@ -1302,8 +1376,12 @@ check_orphan_blocks(VerifyState *vs)
 
 	if (vs->has_from || vs->has_to)
 		return;
-	if (SPI_execute_with_args("SELECT height, row_count, partition_from, partition_to"
-							  " FROM audit.audit_chain_block WHERE height >= $1 ORDER BY height",
+	if (SPI_execute_with_args("SELECT b.height, b.row_count, b.partition_from, b.partition_to"
+							  " FROM audit.audit_chain_block b WHERE b.height >= $1 AND b.kind = 'rows'"
+							  " AND NOT EXISTS (SELECT FROM audit.audit_chain_block d"
+							  "  WHERE d.kind = 'retention_partition' AND d.partition_from = b.partition_from"
+							  "  AND d.partition_to = b.partition_to AND d.height > b.height)"
+							  " ORDER BY b.height",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->rows_from_height)},
 							  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading chain blocks failed");
@@ -1329,6 +1407,63 @@ check_orphan_blocks(VerifyState *vs)
 							DatumGetInt32(SPI_getbinval(t, d, 2, &isnull))));
 		}
 	}
+}
+
+/*
+ * check_retention_blocks
+ *		Each retention block's Merkle root must be the root of its leaves,
+ *		its row_count the number of its ids and leaves; a
+ *		retention_partition block lists no ids.
+ */
+static void
+check_retention_blocks(VerifyState *vs)
+{
+	Portal		portal;
+
+	if (vs->has_from || vs->has_to || vs->organization)
+		return;
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT height, kind, row_count, cardinality(row_ids), leaves, merkle_root"
+									   " FROM audit.audit_chain_block"
+									   " WHERE kind <> 'rows' AND height >= $1 ORDER BY height",
+									   1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->rows_from_height)},
+									   NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 16);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[r];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+			char	   *kind = TextDatumGetCString(SPI_getbinval(t, d, 2, &isnull));
+			int32		row_count = DatumGetInt32(SPI_getbinval(t, d, 3, &isnull));
+			int32		nids = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
+			bytea	   *leaves = DatumGetByteaPP(SPI_getbinval(t, d, 5, &isnull));
+			uint8		stored_root[AUDIT_HASH_LEN];
+			uint8		root[AUDIT_HASH_LEN];
+			Size		len = VARSIZE_ANY_EXHDR(leaves);
+
+			CHECK_FOR_INTERRUPTS();
+			vs->blocks_checked++;
+			if (len % AUDIT_HASH_LEN != 0 || (int64) (len / AUDIT_HASH_LEN) != nids ||
+				(strcmp(kind, AUDIT_BLOCK_RETENTION_ROWS) == 0 ? nids != row_count : nids != 0))
+			{
+				report(vs, height, 0, "row_ids", "modified",
+					   "the retention block's ids, leaves and row_count do not agree");
+				continue;
+			}
+			audit_merkle_root((const uint8 *) VARDATA_ANY(leaves), nids, root);
+			if (!column_is_hash(t, d, 6, stored_root) || memcmp(root, stored_root, AUDIT_HASH_LEN) != 0)
+				report(vs, height, 0, "merkle_root", "modified",
+					   "the retention block's Merkle root is not the root of its leaves");
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
 }
 
 /*
@@ -1494,6 +1629,7 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 		old = MemoryContextSwitchTo(vs.cxt);
 		check_rows(&vs);
 		check_orphan_blocks(&vs);
+		check_retention_blocks(&vs);
 		MemoryContextSwitchTo(old);
 		if (vs.problems > vs.max_problems)
 			ereport(NOTICE,

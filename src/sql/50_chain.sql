@@ -15,7 +15,10 @@ CREATE INDEX audit_log_transaction_brin ON audit.audit_log
 
 CREATE TABLE audit.audit_chain_block (
   height         bigint      PRIMARY KEY CHECK (height > 0),
-  kind           text        NOT NULL CHECK (kind IN ('rows')),
+  -- 'rows': rows sealed; 'retention_rows': sealed rows removed by retention
+  -- (their ids and leaves); 'retention_partition': a partition dropped by
+  -- retention (no ids; row_count rows went with it).
+  kind           text        NOT NULL CHECK (kind IN ('rows', 'retention_rows', 'retention_partition')),
   -- Bounds of the partition that holds the block's rows; both NULL for the
   -- default partition.
   partition_from timestamptz,
@@ -23,7 +26,8 @@ CREATE TABLE audit.audit_chain_block (
   -- The seal run's transaction-id interval [xid_from, xid_to).
   xid_from       bigint      NOT NULL,
   xid_to         bigint      NOT NULL CHECK (xid_to >= xid_from),
-  row_count      integer     NOT NULL CHECK (row_count > 0),
+  row_count      integer     NOT NULL CHECK (row_count > 0 OR (kind = 'retention_partition' AND row_count = 0)),
+  -- Rows ever sealed, up to this block (retention blocks leave it as it was).
   rows_total     bigint      NOT NULL,
   -- Row ids and their leaf hashes (32 bytes each), in sealing order.
   row_ids        bigint[]    NOT NULL,
@@ -316,9 +320,9 @@ BEGIN
       USING ERRCODE = 'no_data_found',
             HINT = 'The event may have been removed by retention, or the id is wrong.';
   END IF;
-  SELECT min(xid_to) INTO run_end FROM audit.audit_chain_block WHERE xid_to > r.transaction_id;
+  SELECT min(xid_to) INTO run_end FROM audit.audit_chain_block WHERE kind = 'rows' AND xid_to > r.transaction_id;
   SELECT * INTO b FROM audit.audit_chain_block
-   WHERE xid_to = run_end AND xid_from <= r.transaction_id AND event_id = ANY (row_ids)
+   WHERE kind = 'rows' AND xid_to = run_end AND xid_from <= r.transaction_id AND event_id = ANY (row_ids)
    ORDER BY height LIMIT 1;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'audit event % is not sealed yet', event_id

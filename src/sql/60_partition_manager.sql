@@ -83,26 +83,8 @@ AS 'MODULE_PATHNAME', 'audit_partition_bounds_sql';
 COMMENT ON FUNCTION audit.partition_bounds() IS
   'Every partition of audit.audit_log with the bounds of its relpartbound, in order';
 
-CREATE VIEW audit.partitions AS
-SELECT b.partition,
-       b.range_from,
-       b.range_to,
-       b.is_default,
-       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END AS estimated_rows,
-       pg_catalog.pg_total_relation_size(b.partition) AS total_bytes,
-       coalesce(s.blocks, 0) AS sealed_blocks,
-       coalesce(s.rows_sealed, 0) AS sealed_rows,
-       s.last_sealed_at
-FROM audit.partition_bounds() b
-JOIN pg_catalog.pg_class c ON c.oid = b.partition
-LEFT JOIN LATERAL (
-  SELECT count(*) AS blocks, sum(k.row_count) AS rows_sealed, max(k.sealed_at) AS last_sealed_at
-  FROM audit.audit_chain_block k
-  WHERE k.partition_from IS NOT DISTINCT FROM b.range_from
-    AND k.partition_to IS NOT DISTINCT FROM b.range_to
-) s ON true;
-COMMENT ON VIEW audit.partitions IS
-  'Partitions of audit.audit_log: real bounds, estimated rows, size, and what of them is sealed';
+-- The view audit.partitions (bounds, size, sealed state, retention verdict)
+-- is in 65_retention.sql.
 
 CREATE TABLE audit.maintenance_run (
   run_id      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

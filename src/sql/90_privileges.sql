@@ -62,5 +62,10 @@ GRANT EXECUTE ON FUNCTION audit.verify(timestamptz, timestamptz, text, boolean, 
 GRANT SELECT ON audit.partitions, audit.maintenance_run, audit.audit_log_relocation TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.partition_bounds() TO audit_db_auditor;
 
+-- Auditor and retention: read the policies and what retention would do.
+-- Changing policies stays with the extension's owner.
+GRANT SELECT ON audit.audit_retention_policy, audit.retention_summary TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.retention_plan(timestamptz) TO audit_db_auditor;
+
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();

@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * retention.h
+ *	  Retention of audit rows: what audit.retention_plan() says has expired
+ *	  is removed (whole partitions dropped, or expired rows deleted), and
+ *	  each removal is sealed into the chain as a retention block.  Run by
+ *	  the "retention" steps of maintenance.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AUDIT_RETENTION_H
+#define AUDIT_RETENTION_H
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+
+/* One (retention_policy, data_classification) group of a partition whose rows before cutoff expired. */
+typedef struct AuditRetentionGroup
+{
+	char	   *retention_policy;
+	char	   *data_classification;
+	TimestampTz cutoff;
+	int64		rows_removed;	/* filled in by audit_retention_enforce */
+} AuditRetentionGroup;
+
+/* What retention does to one partition. */
+typedef struct AuditRetentionTarget
+{
+	Oid			relid;
+	char	   *name;
+	TimestampTz from;
+	TimestampTz to;
+	bool		summarize;		/* its summary is missing or stale: count its rows first */
+	bool		drop;			/* every row expired: drop it */
+	List	   *groups;			/* AuditRetentionGroup *: delete these (when not dropping) */
+	int64		rows_removed;	/* filled in by audit_retention_enforce */
+} AuditRetentionTarget;
+
+/*
+ * audit_retention_targets
+ *		The partitions retention acts on as of `as_of`, from
+ *		audit.retention_plan(): to summarise, to drop, or with groups to
+ *		delete.  Allocated in `cxt`.  Needs SPI and an active snapshot.
+ */
+extern List *audit_retention_targets(TimestampTz as_of, MemoryContext cxt);
+
+/*
+ * audit_retention_summarize
+ *		Recount one partition's sealed rows per policy and classification
+ *		(audit.refresh_retention_summary).  Needs SPI.
+ */
+extern void audit_retention_summarize(const AuditRetentionTarget *target);
+
+/*
+ * audit_retention_enforce
+ *		Drop the partition or delete its expired rows, as the target says,
+ *		and seal the removal into the chain.  Only sealed rows are removed;
+ *		a partition with unsealed rows is not dropped (error, retried by the
+ *		next run).  Locks are awaited at most audit_db.maintenance_lock_timeout.
+ *		Fills in the rows removed.  Needs SPI and an active snapshot.
+ */
+extern void audit_retention_enforce(AuditRetentionTarget *target, TimestampTz as_of);
+
+#endif							/* AUDIT_RETENTION_H */
