@@ -236,11 +236,11 @@ step_retention_summarize(MaintenanceRun *run, void *arg)
 	run->partitions_summarized++;
 }
 
-/* A timestamp as JSON (a quoted ISO string). */
+/* A timestamp as JSON: a quoted ISO 8601 string, whatever the DateStyle. */
 static void
 append_json_timestamp(StringInfo buf, TimestampTz t)
 {
-	escape_json(buf, DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(t))));
+	escape_json(buf, JsonEncodeDateTime(NULL, TimestampTzGetDatum(t), TIMESTAMPTZOID, NULL));
 }
 
 static void

@@ -73,8 +73,12 @@ AS $$
   day AS (SELECT date_trunc('day', as_of, 'UTC') AS d),
   -- Partitions that may hold an expired row: they start before the
   -- earliest cutoff of any active policy.
+  -- A partition is dropped only when it lies wholly before that earliest
+  -- cutoff, so the current and premade months are never dropped (premake
+  -- would only create them again).
   cand AS (
-    SELECT b.partition, b.range_from, b.range_to
+    SELECT b.partition, b.range_from, b.range_to,
+           b.range_to <= day.d - make_interval(days => (SELECT min(days) FROM pol)) AS droppable
     FROM audit.partition_bounds() b, day
     WHERE NOT b.is_default AND b.range_from IS NOT NULL AND b.range_to IS NOT NULL
       AND b.range_from < day.d - make_interval(days => (SELECT min(days) FROM pol))),
@@ -86,7 +90,7 @@ AS $$
                AND k.height > s.summarized_height AND k.kind = 'rows') AS summarized
     FROM cand c LEFT JOIN audit.retention_summary s ON s.partition_oid = c.partition::oid),
   grp AS (
-    SELECT f.partition, f.range_from, f.range_to, g.*,
+    SELECT f.partition, f.range_from, f.range_to, f.droppable, g.*,
            (SELECT pl.days FROM pol pl
              WHERE pl.policy_name = g.retention_policy
                AND (pl.classification = g.data_classification OR pl.classification IS NULL)
@@ -103,7 +107,7 @@ AS $$
     SELECT grp.*, day.d - make_interval(days => grp.days) AS cut
     FROM grp, day),
   verdict AS (
-    SELECT j.partition, bool_and(j.days IS NOT NULL AND j."max" < j.cut) AS all_expired
+    SELECT j.partition, bool_and(j.droppable AND j.days IS NOT NULL AND j."max" < j.cut) AS all_expired
     FROM judged j GROUP BY j.partition)
   SELECT j.partition, j.range_from, j.range_to, j.retention_policy, j.data_classification,
          j.policy_classification, j.days, j.cut, j."rows", j."min", j."max",
@@ -118,7 +122,7 @@ AS $$
   UNION ALL
   -- Summarised partitions without a sealed row: nothing to keep.
   SELECT f.partition, f.range_from, f.range_to, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, 'drop'
-  FROM fresh f WHERE f.summarized AND jsonb_array_length(f.groups) = 0
+  FROM fresh f WHERE f.summarized AND f.droppable AND jsonb_array_length(f.groups) = 0
   ORDER BY 2, 4, 5
 $$;
 COMMENT ON FUNCTION audit.retention_plan(timestamptz) IS
