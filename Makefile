@@ -22,6 +22,7 @@ OBJS        = src/audit_db.o \
               src/partition_manager.o \
               src/maintenance.o \
               src/retention.o \
+              src/archive.o \
               src/sealing.o \
               src/verification.o \
               src/worker.o
@@ -34,7 +35,7 @@ PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

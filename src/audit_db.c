@@ -252,6 +252,16 @@ _PG_init(void)
 							   GUC_LIST_INPUT,
 							   NULL, NULL, NULL);
 
+	DefineCustomStringVariable("audit_db.worker_role",
+							   "Role the audit_db database workers connect as; empty: the bootstrap superuser.",
+							   "It needs LOGIN and must own the audit_db extension in each database "
+							   "(maintenance creates and drops partitions). Applies to workers started after a reload.",
+							   &audit_worker_role,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
 	DefineCustomIntVariable("audit_db.premake_months",
 							"Months of audit_log partitions kept created ahead of the current month.",
 							"Maintenance (the worker, or CALL audit.run_maintenance()) creates them.",

@@ -15,7 +15,10 @@
  *	             counted (once, and again when stale), then partitions whose
  *	             every row expired are dropped and expired rows of the others
  *	             deleted, each removal sealed into the chain (retention.c),
- *	             one partition per step.
+ *	             one partition per step; rows a policy archives move into
+ *	             audit.archive_storage (a failed archive job is recorded in
+ *	             audit.archive_dlq_event); archive entries whose policy
+ *	             expired them are removed, one per step.
  *
  * Only one run at a time per database: a run holds a session advisory lock
  * (key AUDIT_MAINTENANCE_LOCK_KEY) and a second caller returns at once.
@@ -54,6 +57,7 @@
 #include "audit_db.h"
 #include "maintenance.h"
 #include "partition_manager.h"
+#include "archive.h"
 #include "partitions.h"
 #include "retention.h"
 #include "sealing.h"
@@ -76,8 +80,14 @@ typedef struct MaintenanceRun
 	int64		rows_sealed;
 	int			partitions_summarized;
 	int64		rows_removed;
+	int64		rows_archived;
+	int			archives_expired;
+	int64		archived_rows_expired;
 	List	   *retention;		/* JSON objects (text): what retention removed */
 	List	   *errors;			/* "step: message" */
+	int			last_sqlstate;	/* of the last failed step */
+	char	   *last_message;
+	int64		run_id;
 } MaintenanceRun;
 
 typedef void (*StepFunction) (MaintenanceRun *run, void *arg);
@@ -138,6 +148,8 @@ run_step(MaintenanceRun *run, const char *step, StepFunction fn, void *arg)
 
 		run->errors = lappend(run->errors,
 							  MemoryContextStrdup(run->cxt, psprintf("%s: %s", step, edata->message)));
+		run->last_sqlstate = edata->sqlerrcode;
+		run->last_message = MemoryContextStrdup(run->cxt, edata->message);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("audit_db maintenance step \"%s\" failed: %s", step, edata->message),
@@ -254,6 +266,7 @@ step_retention_enforce(MaintenanceRun *run, void *arg)
 
 	audit_retention_enforce(t, run->as_of);
 	run->rows_removed += t->rows_removed;
+	run->rows_archived += t->rows_archived;
 
 	old = MemoryContextSwitchTo(run->cxt);
 	initStringInfo(&buf);
@@ -261,8 +274,8 @@ step_retention_enforce(MaintenanceRun *run, void *arg)
 	escape_json(&buf, t->name);
 	appendStringInfoString(&buf, ", \"range_from\": ");
 	append_json_timestamp(&buf, t->from);
-	appendStringInfo(&buf, ", \"action\": \"%s\", \"rows\": " INT64_FORMAT, t->drop ? "drop" : "delete",
-					 t->rows_removed);
+	appendStringInfo(&buf, ", \"action\": \"%s\", \"rows\": " INT64_FORMAT ", \"archived\": " INT64_FORMAT,
+					 t->drop ? "drop" : "remove", t->rows_removed, t->rows_archived);
 	if (!t->drop)
 	{
 		appendStringInfoString(&buf, ", \"groups\": [");
@@ -276,7 +289,13 @@ step_retention_enforce(MaintenanceRun *run, void *arg)
 			escape_json(&buf, g->data_classification);
 			appendStringInfoString(&buf, ", \"cutoff\": ");
 			append_json_timestamp(&buf, g->cutoff);
-			appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT "}", g->rows_removed);
+			if (g->archive)
+			{
+				appendStringInfoString(&buf, ", \"archive_cutoff\": ");
+				append_json_timestamp(&buf, g->archive_cutoff);
+			}
+			appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT ", \"archived\": " INT64_FORMAT "}",
+							 g->rows_removed, g->rows_archived);
 			first = false;
 		}
 		appendStringInfoChar(&buf, ']');
@@ -284,6 +303,63 @@ step_retention_enforce(MaintenanceRun *run, void *arg)
 	appendStringInfoChar(&buf, '}');
 	run->retention = lappend(run->retention, buf.data);
 	MemoryContextSwitchTo(old);
+}
+
+/* Record the failed archive jobs of a target in audit.archive_dlq_event. */
+static void
+step_archive_dead_letters(MaintenanceRun *run, void *arg)
+{
+	AuditRetentionTarget *t = (AuditRetentionTarget *) arg;
+	ListCell   *lc;
+
+	foreach(lc, t->groups)
+	{
+		AuditRetentionGroup *g = (AuditRetentionGroup *) lfirst(lc);
+
+		if (!g->archive)
+			continue;
+		if (SPI_execute_with_args("INSERT INTO audit.archive_dlq_event (maintenance_run_id, partition, retention_policy,"
+								  " data_classification, archive_cutoff, sqlstate, reason)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+								  7, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID},
+								  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(t->name),
+									  CStringGetTextDatum(g->retention_policy),
+									  CStringGetTextDatum(g->data_classification),
+									  TimestampTzGetDatum(g->archive_cutoff),
+									  CStringGetTextDatum(unpack_sql_state(run->last_sqlstate)),
+								  CStringGetTextDatum(run->last_message ? run->last_message : "unknown")},
+								  NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "recording a failed archive job failed");
+	}
+}
+
+/* The archive entries to expire. */
+typedef struct ExpiryPlan
+{
+	MaintenanceRun *run;
+	int64	   *ids;
+	int			n;
+} ExpiryPlan;
+
+static void
+step_archive_plan(MaintenanceRun *run, void *arg)
+{
+	ExpiryPlan *plan = (ExpiryPlan *) arg;
+
+	plan->ids = audit_archive_expiries(run->as_of, run->cxt, &plan->n);
+}
+
+/* Remove one archive entry whose policy expired it. */
+static void
+step_archive_expire(MaintenanceRun *run, void *arg)
+{
+	int64		n = audit_archive_expire(*(int64 *) arg);
+
+	if (n > 0)
+	{
+		run->archives_expired++;
+		run->archived_rows_expired += n;
+	}
 }
 
 /*
@@ -313,9 +389,30 @@ run_retention(MaintenanceRun *run)
 	{
 		AuditRetentionTarget *t = (AuditRetentionTarget *) lfirst(lc);
 
-		if (!t->summarize && (t->drop || t->groups != NIL))
-			(void) run_step(run, "retention", step_retention_enforce, t);
+		if (!t->summarize && (t->drop || t->groups != NIL) &&
+			!run_step(run, "retention", step_retention_enforce, t) && !t->drop)
+		{
+			bool		archives = false;
+			ListCell   *gc;
+
+			foreach(gc, t->groups)
+				archives |= ((AuditRetentionGroup *) lfirst(gc))->archive;
+			if (archives)
+				(void) run_step(run, "archive dead letters", step_archive_dead_letters, t);
+		}
 	}
+}
+
+/* Archive entries whose policy expired them: removed, one a step. */
+static void
+run_archive_expiry(MaintenanceRun *run)
+{
+	ExpiryPlan	plan = {run, NULL, 0};
+
+	if (!run_step(run, "archive expiry", step_archive_plan, &plan))
+		return;
+	for (int i = 0; i < plan.n; i++)
+		(void) run_step(run, "archive expiry", step_archive_expire, &plan.ids[i]);
 }
 
 /* The run's actions as a JSON object (text). */
@@ -337,9 +434,12 @@ actions_json(MaintenanceRun *run)
 	}
 	appendStringInfo(&buf, "], \"default_rows\": " INT64_FORMAT ", \"rows_moved\": " INT64_FORMAT
 					 ", \"rows_relocated\": " INT64_FORMAT ", \"blocks_sealed\": %d, \"rows_sealed\": " INT64_FORMAT
-					 ", \"partitions_summarized\": %d, \"rows_removed\": " INT64_FORMAT ", \"retention\": [",
+					 ", \"partitions_summarized\": %d, \"rows_removed\": " INT64_FORMAT
+					 ", \"rows_archived\": " INT64_FORMAT ", \"archives_expired\": %d"
+					 ", \"archived_rows_expired\": " INT64_FORMAT ", \"retention\": [",
 					 run->default_rows, run->rows_moved, run->rows_relocated, run->blocks_sealed,
-					 run->rows_sealed, run->partitions_summarized, run->rows_removed);
+					 run->rows_sealed, run->partitions_summarized, run->rows_removed, run->rows_archived,
+					 run->archives_expired, run->archived_rows_expired);
 	first = true;
 	foreach(lc, run->retention)
 	{
@@ -455,7 +555,9 @@ audit_run_maintenance(TimestampTz as_of, bool can_commit, const char *via, int64
 		(void) run_step(&run, "seal", step_seal, NULL);
 
 		/* retention: after the seal, so that what expired is sealed. */
+		run.run_id = *run_id;
 		run_retention(&run);
+		run_archive_expiry(&run);
 
 		values[0] = Int64GetDatum(*run_id);
 		values[1] = CStringGetTextDatum(run.errors == NIL ? "done" : "errors");

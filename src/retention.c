@@ -17,8 +17,11 @@
  * A partition that still holds younger rows, or rows of longer policies,
  * loses only its expired sealed rows (DELETE through the privileged-change
  * permission); the chain gets "retention_rows" blocks listing the removed
- * ids and their leaves.  audit.verify() then expects exactly those rows to
- * be absent (docs/hash-format.md, "Retention blocks").
+ * ids and their leaves.  Rows of a policy with archive_after_days that are
+ * past that age (but not yet past deletion) move into audit.archive_storage
+ * (archive.c), one entry per "archive_rows" block.  audit.verify() then
+ * expects exactly those rows to be absent from the log, and the archived
+ * ones in the archive (docs/hash-format.md, "Retention blocks").
  *
  * Lock order: the log's locks first, the chain head (audit_chain_state
  * row) last, as the sealer does, so the two never wait for each other in
@@ -38,6 +41,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "archive.h"
 #include "audit_db.h"
 #include "hashing.h"
 #include "immutability.h"
@@ -71,7 +75,7 @@ audit_retention_targets(TimestampTz as_of, MemoryContext cxt)
 	MemoryContext old;
 
 	retention_sql("SELECT partition::oid, partition::text, range_from, range_to, action,"
-				  " retention_policy, data_classification, cutoff"
+				  " retention_policy, data_classification, cutoff, archive_cutoff"
 				  " FROM audit.retention_plan($1) WHERE action <> 'keep'"
 				  " ORDER BY range_from, action, retention_policy, data_classification",
 				  1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(as_of)}, SPI_OK_SELECT);
@@ -98,13 +102,16 @@ audit_retention_targets(TimestampTz as_of, MemoryContext cxt)
 			cur->summarize = true;
 		else if (strcmp(action, "drop") == 0)
 			cur->drop = true;
-		else if (strcmp(action, "delete") == 0)
+		else
 		{
 			AuditRetentionGroup *g = palloc0(sizeof(AuditRetentionGroup));
 
 			g->retention_policy = SPI_getvalue(t, d, 6);
 			g->data_classification = SPI_getvalue(t, d, 7);
 			g->cutoff = DatumGetTimestampTz(SPI_getbinval(t, d, 8, &isnull));
+			g->archive_cutoff = DatumGetTimestampTz(SPI_getbinval(t, d, 9, &isnull));
+			g->delete = strcmp(action, "delete") == 0 || strcmp(action, "archive+delete") == 0;
+			g->archive = !isnull && (strcmp(action, "archive") == 0 || strcmp(action, "archive+delete") == 0);
 			cur->groups = lappend(cur->groups, g);
 		}
 	}
@@ -140,8 +147,9 @@ partition_still_there(const AuditRetentionTarget *target)
  * rows_in_partition_by_chain
  *		How many rows the chain says the partition with these bounds holds:
  *		rows sealed into its blocks, plus sealed rows relocated into it from
- *		the default partition, less rows retention already removed from it,
- *		all since the last time a partition with these bounds was dropped.
+ *		the default partition, less rows retention already removed from it
+ *		or moved into the archive, all since the last time a partition with
+ *		these bounds was dropped.
  *		Metadata only.
  */
 static int64
@@ -162,7 +170,7 @@ rows_in_partition_by_chain(TimestampTz from, TimestampTz to)
 				  "                  WHERE r.partition_from = $1 AND r.partition_to = $2"
 				  "                    AND r.relocated_at > d.sealed_at), 0)"
 				  "      - coalesce((SELECT sum(b.row_count) FROM audit.audit_chain_block b, last_drop d"
-				  "                  WHERE b.kind = 'retention_rows' AND b.partition_from = $1"
+				  "                  WHERE b.kind IN ('retention_rows', 'archive_rows') AND b.partition_from = $1"
 				  "                    AND b.partition_to = $2 AND b.height > d.height), 0))::bigint",
 				  2, (Oid[]) {TIMESTAMPTZOID, TIMESTAMPTZOID},
 				  (Datum[]) {TimestampTzGetDatum(from), TimestampTzGetDatum(to)}, SPI_OK_SELECT);
@@ -176,7 +184,7 @@ rows_in_partition_by_chain(TimestampTz from, TimestampTz to)
  *		For a dropped partition (kind retention_partition): one block
  *		without ids holding `dropped_rows`.  For deleted rows: blocks of at
  *		most audit_db.seal_block_rows ids each, in id order.  The caller
- *		holds the chain head (head).
+ *		holds the chain head (head) and stores the new head afterwards.
  */
 static void
 seal_removal(AuditChainHead *head, const char *kind, const AuditRetentionTarget *target,
@@ -216,13 +224,6 @@ seal_removal(AuditChainHead *head, const char *kind, const AuditRetentionTarget 
 		done += n;
 	} while (done < nrows);
 
-	retention_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
-				  (Oid[]) {INT8OID, BYTEAOID},
-				  (Datum[]) {Int64GetDatum(head->height),
-				  PointerGetDatum(audit_bytea_from_bytes(head->head_hash, AUDIT_HASH_LEN))},
-				  SPI_OK_UPDATE);
-	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
-				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
 	pfree(ids);
 	pfree(leaves);
 }
@@ -277,6 +278,13 @@ drop_partition(AuditRetentionTarget *target, TimestampTz as_of)
 	nrows = rows_in_partition_by_chain(target->from, target->to);
 	retention_sql(psprintf("DROP TABLE %s", qualified), 0, NULL, NULL, SPI_OK_UTILITY);
 	seal_removal(&head, AUDIT_BLOCK_RETENTION_PARTITION, target, NULL, 0, nrows);
+	retention_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
+				  (Oid[]) {INT8OID, BYTEAOID},
+				  (Datum[]) {Int64GetDatum(head.height),
+				  PointerGetDatum(audit_bytea_from_bytes(head.head_hash, AUDIT_HASH_LEN))},
+				  SPI_OK_UPDATE);
+	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
+				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
 	target->rows_removed = nrows;
 }
 
@@ -289,23 +297,200 @@ removed_row_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* Grow a row array to hold `need` rows (huge allocations allowed). */
+static void *
+grow_rows(void *rows, int64 *cap, int64 need, Size width, MemoryContext cxt, const char *partition)
+{
+	if (need <= *cap)
+		return rows;
+	*cap = Max(*cap * 2, need);
+	if ((Size) *cap * width > MaxAllocHugeSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many expired rows in partition %s for one retention run", partition),
+				 errhint("Lower the backlog by running maintenance more often.")));
+	return rows == NULL ? MemoryContextAllocHuge(cxt, *cap * width) : repalloc_huge(rows, *cap * width);
+}
+
+/* Copy a 32-byte leaf out of a bytea (zeros if it is not one: verify reports the row). */
+static void
+leaf_of(Datum value, bool isnull, uint8 leaf[AUDIT_HASH_LEN])
+{
+	bytea	   *hash = isnull ? NULL : DatumGetByteaPP(value);
+
+	if (hash == NULL || VARSIZE_ANY_EXHDR(hash) != AUDIT_HASH_LEN)
+		memset(leaf, 0, AUDIT_HASH_LEN);
+	else
+		memcpy(leaf, VARDATA_ANY(hash), AUDIT_HASH_LEN);
+}
+
+static int
+archived_row_cmp(const void *a, const void *b)
+{
+	int64		x = ((const AuditArchivedRow *) a)->id;
+	int64		y = ((const AuditArchivedRow *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
 /*
- * delete_expired_rows
- *		Delete the sealed rows of each expired group of the partition
- *		(timestamp before the group's cutoff), then seal the removal.
+ * archive_group
+ *		Move the group's sealed rows from cutoff to archive_cutoff into the
+ *		archive: one archive_rows block and one archive entry per at most
+ *		audit_db.seal_block_rows rows, in id order.  The rows are already
+ *		deleted (privileged) when this is called with them.
  */
 static void
-delete_expired_rows(AuditRetentionTarget *target)
+archive_group(AuditChainHead *head, const AuditRetentionTarget *target, AuditRetentionGroup *g,
+			  AuditArchivedRow *rows, int64 nrows)
+{
+	int			chunk_max = Max(audit_seal_block_rows, 1);
+	Datum	   *ids = palloc(sizeof(Datum) * Min(nrows, chunk_max));
+	uint8	   *leaves = palloc((Size) AUDIT_HASH_LEN * Min(nrows, chunk_max));
+	TimestampTz now = GetCurrentTimestamp();
+
+	qsort(rows, nrows, sizeof(AuditArchivedRow), archived_row_cmp);
+	for (int64 done = 0; done < nrows;)
+	{
+		AuditBlockHeader h;
+		uint8		header_hash[AUDIT_HASH_LEN];
+		int			n = (int) Min(nrows - done, (int64) chunk_max);
+
+		for (int i = 0; i < n; i++)
+		{
+			ids[i] = Int64GetDatum(rows[done + i].id);
+			memcpy(leaves + (Size) i * AUDIT_HASH_LEN, rows[done + i].leaf, AUDIT_HASH_LEN);
+		}
+		memset(&h, 0, sizeof(h));
+		h.height = head->height + 1;
+		memcpy(h.prev_hash, head->head_hash, AUDIT_HASH_LEN);
+		h.kind = AUDIT_BLOCK_ARCHIVE_ROWS;
+		h.partition_from = target->from;
+		h.partition_to = target->to;
+		h.xid_from = h.xid_to = head->horizon_xid;
+		h.row_count = n;
+		h.rows_total = head->rows_total;
+		h.sealed_at = now;
+		audit_append_block(&h, ids, leaves, n, header_hash);
+		audit_archive_store(h.height, target->from, target->to, g->retention_policy, g->data_classification,
+							rows + done, n, h.merkle_root);
+		head->height = h.height;
+		memcpy(head->head_hash, header_hash, AUDIT_HASH_LEN);
+		done += n;
+	}
+	pfree(ids);
+	pfree(leaves);
+}
+
+/* What remove_expired_rows collected (kept off the stack: it crosses PG_TRY). */
+typedef struct Removal
+{
+	RemovedRow *rows;			/* deleted, for retention_rows blocks */
+	int64		nrows;
+	int64		cap;
+	AuditArchivedRow **archived;	/* per group, for archive_rows blocks */
+	int64	   *narchived;
+	bool		any_archived;
+} Removal;
+
+/*
+ * collect_removals
+ *		Run the DELETEs of every group (the caller holds the privileged-change
+ *		permission) and keep what they removed.
+ */
+static void
+collect_removals(AuditRetentionTarget *target, Removal *rm, int64 horizon, MemoryContext cxt)
 {
 	char	   *qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(target->relid)),
 													   get_rel_name(target->relid));
-	char	   *sql = psprintf("DELETE FROM ONLY %s WHERE retention_policy = $1 AND data_classification::text = $2"
-							   " AND \"timestamp\" < $3 AND transaction_id < $4 RETURNING id, hash", qualified);
+	char	   *delete_sql = psprintf("DELETE FROM ONLY %s WHERE retention_policy = $1"
+									  " AND data_classification::text = $2 AND \"timestamp\" < $3"
+									  " AND transaction_id < $4 RETURNING id, hash", qualified);
+	char	   *archive_sql = psprintf("DELETE FROM ONLY %s t WHERE retention_policy = $1"
+									   " AND data_classification::text = $2 AND \"timestamp\" >= $3"
+									   " AND \"timestamp\" < $4 AND transaction_id < $5"
+									   " RETURNING t.id, t.hash, t.\"timestamp\","
+									   " audit.export_row(ROW(t.*)::audit.audit_log)::text", qualified);
+	ListCell   *lc;
+	int			gi = 0;
+	bool		isnull;
+
+	foreach(lc, target->groups)
+	{
+		AuditRetentionGroup *g = (AuditRetentionGroup *) lfirst(lc);
+		Datum		policy = CStringGetTextDatum(g->retention_policy);
+		Datum		classification = CStringGetTextDatum(g->data_classification);
+
+		if (g->delete)
+		{
+			retention_sql(delete_sql, 4, (Oid[]) {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID},
+						  (Datum[]) {policy, classification, TimestampTzGetDatum(g->cutoff),
+						  Int64GetDatum(horizon)},
+						  SPI_OK_DELETE_RETURNING);
+			g->rows_removed = (int64) SPI_processed;
+			rm->rows = grow_rows(rm->rows, &rm->cap, rm->nrows + g->rows_removed, sizeof(RemovedRow), cxt,
+								 target->name);
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				HeapTuple	t = SPI_tuptable->vals[r];
+				Datum		hash;
+
+				rm->rows[rm->nrows].id = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
+				hash = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
+				leaf_of(hash, isnull, rm->rows[rm->nrows].leaf);
+				rm->nrows++;
+			}
+			SPI_freetuptable(SPI_tuptable);
+			target->rows_removed += g->rows_removed;
+		}
+		if (g->archive)
+		{
+			int64		acap = 0;
+			AuditArchivedRow *a = NULL;
+
+			retention_sql(archive_sql, 5, (Oid[]) {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID},
+						  (Datum[]) {policy, classification, TimestampTzGetDatum(g->cutoff),
+							  TimestampTzGetDatum(g->archive_cutoff), Int64GetDatum(horizon)},
+						  SPI_OK_DELETE_RETURNING);
+			g->rows_archived = (int64) SPI_processed;
+			if (SPI_processed > 0)
+				a = grow_rows(NULL, &acap, (int64) SPI_processed, sizeof(AuditArchivedRow), cxt, target->name);
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				HeapTuple	t = SPI_tuptable->vals[r];
+				TupleDesc	d = SPI_tuptable->tupdesc;
+				MemoryContext old;
+
+				a[r].id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+				leaf_of(SPI_getbinval(t, d, 2, &isnull), isnull, a[r].leaf);
+				a[r].ts = DatumGetTimestampTz(SPI_getbinval(t, d, 3, &isnull));
+				old = MemoryContextSwitchTo(cxt);
+				a[r].line = SPI_getvalue(t, d, 4);
+				MemoryContextSwitchTo(old);
+			}
+			SPI_freetuptable(SPI_tuptable);
+			rm->archived[gi] = a;
+			rm->narchived[gi] = g->rows_archived;
+			rm->any_archived |= g->rows_archived > 0;
+			target->rows_archived += g->rows_archived;
+		}
+		gi++;
+	}
+}
+
+/*
+ * remove_expired_rows
+ *		For each group of the partition: delete its sealed rows before the
+ *		cutoff, and move those from the cutoff to the archive cutoff into
+ *		the archive; then seal both.
+ */
+static void
+remove_expired_rows(AuditRetentionTarget *target)
+{
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "audit_db retention rows",
 											  ALLOCSET_DEFAULT_SIZES);
-	RemovedRow *rows = NULL;
-	int64		nrows = 0;
-	int64		cap = 0;
+	Removal    *rm = MemoryContextAllocZero(cxt, sizeof(Removal));
+	int			ngroups = list_length(target->groups);
 	int64		horizon;
 	AuditChainHead head;
 	ListCell   *lc;
@@ -326,49 +511,13 @@ delete_expired_rows(AuditRetentionTarget *target)
 				 errhint("Run audit.verify() and restore the extension's state from a backup.")));
 	horizon = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
+	rm->archived = MemoryContextAllocZero(cxt, sizeof(AuditArchivedRow *) * Max(ngroups, 1));
+	rm->narchived = MemoryContextAllocZero(cxt, sizeof(int64) * Max(ngroups, 1));
+
 	audit_begin_privileged_change("retention");
 	PG_TRY();
 	{
-		foreach(lc, target->groups)
-		{
-			AuditRetentionGroup *g = (AuditRetentionGroup *) lfirst(lc);
-			MemoryContext old;
-
-			retention_sql(sql, 4, (Oid[]) {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID},
-						  (Datum[]) {CStringGetTextDatum(g->retention_policy),
-							  CStringGetTextDatum(g->data_classification),
-						  TimestampTzGetDatum(g->cutoff), Int64GetDatum(horizon)},
-						  SPI_OK_DELETE_RETURNING);
-			g->rows_removed = (int64) SPI_processed;
-			old = MemoryContextSwitchTo(cxt);
-			if (nrows + (int64) SPI_processed > cap)
-			{
-				cap = Max(cap * 2, nrows + (int64) SPI_processed);
-				if ((Size) cap * sizeof(RemovedRow) > MaxAllocHugeSize)
-					ereport(ERROR,
-							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-							 errmsg("too many expired rows in partition %s for one retention run", target->name),
-							 errhint("Lower the backlog by running maintenance more often.")));
-				rows = rows == NULL ? MemoryContextAllocHuge(cxt, cap * sizeof(RemovedRow))
-					: repalloc_huge(rows, cap * sizeof(RemovedRow));
-			}
-			MemoryContextSwitchTo(old);
-			for (uint64 r = 0; r < SPI_processed; r++)
-			{
-				HeapTuple	t = SPI_tuptable->vals[r];
-				bytea	   *hash;
-
-				rows[nrows].id = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
-				hash = DatumGetByteaPP(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull));
-				if (isnull || VARSIZE_ANY_EXHDR(hash) != AUDIT_HASH_LEN)
-					memset(rows[nrows].leaf, 0, AUDIT_HASH_LEN);	/* verify reports the row */
-				else
-					memcpy(rows[nrows].leaf, VARDATA_ANY(hash), AUDIT_HASH_LEN);
-				nrows++;
-			}
-			SPI_freetuptable(SPI_tuptable);
-			target->rows_removed += g->rows_removed;
-		}
+		collect_removals(target, rm, horizon, cxt);
 	}
 	PG_FINALLY();
 	{
@@ -376,16 +525,48 @@ delete_expired_rows(AuditRetentionTarget *target)
 	}
 	PG_END_TRY();
 
-	if (nrows > 0)
+	if (rm->nrows > 0 || rm->any_archived)
 	{
-		qsort(rows, nrows, sizeof(RemovedRow), removed_row_cmp);
+		int			gi = 0;
+
 		audit_lock_chain_head(&head);
-		seal_removal(&head, AUDIT_BLOCK_RETENTION_ROWS, target, rows, nrows, 0);
+		if (rm->nrows > 0)
+		{
+			qsort(rm->rows, rm->nrows, sizeof(RemovedRow), removed_row_cmp);
+			seal_removal(&head, AUDIT_BLOCK_RETENTION_ROWS, target, rm->rows, rm->nrows, 0);
+		}
+		foreach(lc, target->groups)
+		{
+			if (rm->narchived[gi] > 0)
+				archive_group(&head, target, (AuditRetentionGroup *) lfirst(lc), rm->archived[gi],
+							  rm->narchived[gi]);
+			gi++;
+		}
+		retention_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
+					  (Oid[]) {INT8OID, BYTEAOID},
+					  (Datum[]) {Int64GetDatum(head.height),
+					  PointerGetDatum(audit_bytea_from_bytes(head.head_hash, AUDIT_HASH_LEN))},
+					  SPI_OK_UPDATE);
 	}
-	else
-		retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
-					  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
+	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
+				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
 	MemoryContextDelete(cxt);
+}
+
+int64 *
+audit_archive_expiries(TimestampTz as_of, MemoryContext cxt, int *n)
+{
+	int64	   *ids;
+	bool		isnull;
+
+	retention_sql("SELECT archive_id FROM audit.archive_plan($1) WHERE action = 'expire' ORDER BY archive_id",
+				  1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(as_of)}, SPI_OK_SELECT);
+	*n = (int) SPI_processed;
+	ids = MemoryContextAlloc(cxt, sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return ids;
 }
 
 void
@@ -399,6 +580,6 @@ audit_retention_enforce(AuditRetentionTarget *target, TimestampTz as_of)
 	if (target->drop)
 		drop_partition(target, as_of);
 	else if (target->groups != NIL)
-		delete_expired_rows(target);
+		remove_expired_rows(target);
 	AtEOXact_GUC(true, save_nestlevel);
 }

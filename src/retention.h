@@ -14,13 +14,21 @@
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 
-/* One (retention_policy, data_classification) group of a partition whose rows before cutoff expired. */
+/*
+ * One (retention_policy, data_classification) group of a partition: rows
+ * before cutoff expired (delete), rows from cutoff to archive_cutoff are due
+ * for the archive (archive).
+ */
 typedef struct AuditRetentionGroup
 {
 	char	   *retention_policy;
 	char	   *data_classification;
-	TimestampTz cutoff;
-	int64		rows_removed;	/* filled in by audit_retention_enforce */
+	TimestampTz cutoff;			/* rows before it are deleted (when delete) */
+	TimestampTz archive_cutoff; /* rows from cutoff to it are archived (when archive) */
+	bool		delete;
+	bool		archive;
+	int64		rows_removed;	/* filled in by audit_retention_enforce: deleted */
+	int64		rows_archived;	/* ... and moved into the archive */
 } AuditRetentionGroup;
 
 /* What retention does to one partition. */
@@ -32,8 +40,9 @@ typedef struct AuditRetentionTarget
 	TimestampTz to;
 	bool		summarize;		/* its summary is missing or stale: count its rows first */
 	bool		drop;			/* every row expired: drop it */
-	List	   *groups;			/* AuditRetentionGroup *: delete these (when not dropping) */
-	int64		rows_removed;	/* filled in by audit_retention_enforce */
+	List	   *groups;			/* AuditRetentionGroup *: delete / archive these (when not dropping) */
+	int64		rows_removed;	/* filled in by audit_retention_enforce: deleted or dropped */
+	int64		rows_archived;	/* ... and archived */
 } AuditRetentionTarget;
 
 /*
@@ -60,5 +69,12 @@ extern void audit_retention_summarize(const AuditRetentionTarget *target);
  *		Fills in the rows removed.  Needs SPI and an active snapshot.
  */
 extern void audit_retention_enforce(AuditRetentionTarget *target, TimestampTz as_of);
+
+/*
+ * audit_archive_expiries
+ *		Ids of the archive entries whose policy expired them as of `as_of`
+ *		(audit.archive_plan()): an array in `cxt`, its length in *n.  Needs SPI.
+ */
+extern int64 *audit_archive_expiries(TimestampTz as_of, MemoryContext cxt, int *n);
 
 #endif							/* AUDIT_RETENTION_H */

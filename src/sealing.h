@@ -23,6 +23,8 @@ typedef struct AuditSealResult
 #define AUDIT_BLOCK_ROWS				"rows"	/* rows sealed */
 #define AUDIT_BLOCK_RETENTION_ROWS		"retention_rows"	/* rows removed by retention */
 #define AUDIT_BLOCK_RETENTION_PARTITION "retention_partition"	/* a partition dropped */
+#define AUDIT_BLOCK_ARCHIVE_ROWS		"archive_rows"	/* rows moved into the archive */
+#define AUDIT_BLOCK_RETENTION_ARCHIVE	"retention_archive"	/* archived rows expired */
 
 /* The chain head, as audit.audit_chain_state holds it. */
 typedef struct AuditChainHead

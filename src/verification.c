@@ -27,6 +27,10 @@
  * later "retention_partition" block dropped.  Those rows are expected to
  * be absent and are counted as retained, not reported missing; the
  * retention blocks' own Merkle roots are checked against their leaves.
+ * Rows that "archive_rows" blocks moved into audit.archive_storage are
+ * absent from the log too; their archive entries are decompressed and every
+ * row's leaf recomputed against the block, unless a later
+ * "retention_archive" block expired the entry.
  *
  * The function only reads, except for its own record in
  * audit.audit_integrity_log, which is skipped on a hot standby or in a
@@ -60,6 +64,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -521,7 +526,8 @@ check_headers(VerifyState *vs)
 						   "the block does not link to the header hash of the block before it");
 			}
 			if (strcmp(kind, AUDIT_BLOCK_ROWS) != 0 && strcmp(kind, AUDIT_BLOCK_RETENTION_ROWS) != 0 &&
-				strcmp(kind, AUDIT_BLOCK_RETENTION_PARTITION) != 0)
+				strcmp(kind, AUDIT_BLOCK_RETENTION_PARTITION) != 0 && strcmp(kind, AUDIT_BLOCK_ARCHIVE_ROWS) != 0 &&
+				strcmp(kind, AUDIT_BLOCK_RETENTION_ARCHIVE) != 0)
 				report(vs, h.height, 0, "kind", "modified",
 					   psprintf("the block has kind \"%s\", which format v1 does not know", kind));
 			/* Rows sealed, ever: retention blocks leave the count as it was. */
@@ -1062,12 +1068,14 @@ load_retained(VerifyState *vs, const AuditPartition *part)
 						 " WHERE EXISTS (SELECT FROM audit.audit_chain_block d WHERE d.kind = 'retention_partition'"
 						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
 						 "   AND d.sealed_at >= r.relocated_at)"
-						 "  OR EXISTS (SELECT FROM audit.audit_chain_block d WHERE d.kind = 'retention_rows'"
+						 "  OR EXISTS (SELECT FROM audit.audit_chain_block d"
+						 "   WHERE d.kind IN ('retention_rows', 'archive_rows')"
 						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
 						 "   AND r.id = ANY (d.row_ids))", true, 0);
 	else
 		rc = SPI_execute_with_args("SELECT unnest(row_ids) FROM audit.audit_chain_block"
-								   " WHERE kind = 'retention_rows' AND partition_from = $1 AND partition_to = $2",
+								   " WHERE kind IN ('retention_rows', 'archive_rows')"
+								   " AND partition_from = $1 AND partition_to = $2",
 								   2, (Oid[]) {TIMESTAMPTZOID, TIMESTAMPTZOID},
 								   (Datum[]) {TimestampTzGetDatum(part->from), TimestampTzGetDatum(part->to)},
 								   NULL, true, 0);
@@ -1411,8 +1419,8 @@ check_orphan_blocks(VerifyState *vs)
 
 /*
  * check_retention_blocks
- *		Each retention block's Merkle root must be the root of its leaves,
- *		its row_count the number of its ids and leaves; a
+ *		Each retention or archive block's Merkle root must be the root of
+ *		its leaves, its row_count the number of its ids and leaves; a
  *		retention_partition block lists no ids.
  */
 static void
@@ -1450,7 +1458,7 @@ check_retention_blocks(VerifyState *vs)
 			CHECK_FOR_INTERRUPTS();
 			vs->blocks_checked++;
 			if (len % AUDIT_HASH_LEN != 0 || (int64) (len / AUDIT_HASH_LEN) != nids ||
-				(strcmp(kind, AUDIT_BLOCK_RETENTION_ROWS) == 0 ? nids != row_count : nids != 0))
+				(strcmp(kind, AUDIT_BLOCK_RETENTION_PARTITION) != 0 ? nids != row_count : nids != 0))
 			{
 				report(vs, height, 0, "row_ids", "modified",
 					   "the retention block's ids, leaves and row_count do not agree");
@@ -1464,6 +1472,158 @@ check_retention_blocks(VerifyState *vs)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+}
+
+/*
+ * check_archive_entry
+ *		Recompute the leaf of every row of one archive entry and compare it,
+ *		position by position, with the ids and leaves of its archive_rows
+ *		block.  Runs in a subtransaction: an entry that no longer decompresses
+ *		or parses is reported, not fatal.
+ */
+static void
+check_archive_entry(VerifyState *vs, int64 height, int64 archive_id, ArrayType *ids, bytea *leaves)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int64	   *id_data = (int64 *) ARR_DATA_PTR(ids);
+	int			n = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	const uint8 *leaf_data = (const uint8 *) VARDATA_ANY(leaves);
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		uint64		nrows;
+
+		if (SPI_execute_with_args("SELECT (l.j->>'id')::bigint, audit.leaf_hash(audit.row_from_export(l.j)),"
+								  " decode(l.j->>'hash', 'hex')"
+								  " FROM audit.archive_lines($1, false) l(j)",
+								  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(archive_id)},
+								  NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading archive entry %lld failed", (long long) archive_id);
+		nrows = SPI_processed;
+		if ((int64) nrows != n)
+			report(vs, height, 0, "archive", "modified",
+				   psprintf("archive entry %lld holds %llu rows, its block %d",
+							(long long) archive_id, (unsigned long long) nrows, n));
+		for (uint64 r = 0; r < nrows && (int64) r < n; r++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[r];
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull));
+			uint8		leaf[AUDIT_HASH_LEN];
+			uint8		stored[AUDIT_HASH_LEN];
+
+			vs->rows_checked++;
+			if (id != id_data[r])
+				report(vs, height, id, "id", "reordered",
+					   psprintf("archive entry %lld holds row %lld where its block has row %lld",
+								(long long) archive_id, (long long) id, (long long) id_data[r]));
+			else if (!column_is_hash(t, SPI_tuptable->tupdesc, 2, leaf) ||
+					 memcmp(leaf, leaf_data + (Size) r * AUDIT_HASH_LEN, AUDIT_HASH_LEN) != 0)
+				report(vs, height, id, NULL, "modified",
+					   psprintf("the archived row (entry %lld) no longer hashes to its sealed leaf",
+								(long long) archive_id));
+			else if (!column_is_hash(t, SPI_tuptable->tupdesc, 3, stored) ||
+					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
+				report(vs, height, id, "hash", "modified",
+					   psprintf("the archived row's stored hash (entry %lld) is not its leaf",
+								(long long) archive_id));
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(vs->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		report(vs, height, 0, "archive", "modified",
+			   psprintf("archive entry %lld cannot be read: %s", (long long) archive_id, edata->message));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * check_archives
+ *		Every archive_rows block must have its archive entry (same root and
+ *		count, rows that recompute to its leaves) unless a later
+ *		retention_archive block expired it; an entry without its block was
+ *		made outside audit_db.
+ */
+static void
+check_archives(VerifyState *vs)
+{
+	SPITupleTable *tt;
+	uint64		n;
+
+	if (vs->has_from || vs->has_to || vs->organization)
+		return;
+	if (SPI_execute_with_args("SELECT b.height, a.archive_id, a.merkle_root = b.merkle_root AND a.row_count = b.row_count,"
+							  " EXISTS (SELECT FROM audit.audit_chain_block x WHERE x.kind = 'retention_archive'"
+							  "  AND x.height > b.height AND x.merkle_root = b.merkle_root AND x.row_count = b.row_count),"
+							  " b.row_ids, b.leaves"
+							  " FROM audit.audit_chain_block b LEFT JOIN audit.archive_storage a ON a.block_height = b.height"
+							  " WHERE b.kind = 'archive_rows' AND b.height >= $1"
+							  " UNION ALL"
+							  " SELECT a.block_height, a.archive_id, NULL, false, NULL, NULL FROM audit.archive_storage a"
+							  " WHERE NOT EXISTS (SELECT FROM audit.audit_chain_block b"
+							  "  WHERE b.height = a.block_height AND b.kind = 'archive_rows')"
+							  " ORDER BY 1",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->rows_from_height)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading archive blocks failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 r = 0; r < n; r++)
+	{
+		HeapTuple	t = tt->vals[r];
+		TupleDesc	d = tt->tupdesc;
+		bool		null_id;
+		bool		null_match;
+		bool		null_ids;
+		bool		isnull;
+		int64		height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		int64		archive_id = DatumGetInt64(SPI_getbinval(t, d, 2, &null_id));
+		Datum		match = SPI_getbinval(t, d, 3, &null_match);
+		bool		expired = DatumGetBool(SPI_getbinval(t, d, 4, &isnull));
+		Datum		ids = SPI_getbinval(t, d, 5, &null_ids);
+
+		CHECK_FOR_INTERRUPTS();
+		if (null_ids)
+			report(vs, height, 0, "archive", "inserted",
+				   psprintf("archive entry %lld has no archive_rows block at height %lld",
+							(long long) archive_id, (long long) height));
+		else if (null_id)
+		{
+			if (!expired)
+				report(vs, height, 0, "archive", "missing",
+					   "the block's rows were archived, but their archive entry is gone and no later block expired it");
+		}
+		else if (null_match || !DatumGetBool(match))
+			report(vs, height, 0, "archive", "modified",
+				   psprintf("archive entry %lld does not have its block's Merkle root and row count",
+							(long long) archive_id));
+		else
+		{
+			ArrayType  *idarr = DatumGetArrayTypeP(ids);
+			bytea	   *leaves = DatumGetByteaPP(SPI_getbinval(t, d, 6, &isnull));
+
+			if (ARR_NDIM(idarr) != 1 || ARR_HASNULL(idarr) ||
+				VARSIZE_ANY_EXHDR(leaves) != (Size) ArrayGetNItems(1, ARR_DIMS(idarr)) * AUDIT_HASH_LEN)
+				continue;		/* reported by check_retention_blocks */
+			check_archive_entry(vs, height, archive_id, idarr, leaves);
+		}
+	}
+	SPI_freetuptable(tt);
 }
 
 /*
@@ -1630,6 +1790,7 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 		check_rows(&vs);
 		check_orphan_blocks(&vs);
 		check_retention_blocks(&vs);
+		check_archives(&vs);
 		MemoryContextSwitchTo(old);
 		if (vs.problems > vs.max_problems)
 			ereport(NOTICE,

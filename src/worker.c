@@ -22,6 +22,11 @@
  *		error is logged and retried with exponential back-off (up to one
  *		minute) instead of ending the worker.
  *
+ * Database workers connect as audit_db.worker_role (resolved by the
+ * launcher; empty: the bootstrap superuser).  The role needs LOGIN and must
+ * own the extension's objects (create the extension as it), since
+ * maintenance creates and drops partitions.
+ *
  * Both start only once recovery has finished (nothing runs on a standby;
  * after promotion they start), reload settings on SIGHUP, and exit on
  * SIGTERM or when the postmaster dies.  Nothing is registered in binary
@@ -50,6 +55,7 @@
 #include "storage/spin.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -68,6 +74,10 @@ int			audit_seal_interval_ms = 200;
 #define IDLE_INTERVAL_MS	1000
 int			audit_max_database_workers = 8;
 char	   *audit_skip_databases = NULL;
+char	   *audit_worker_role = NULL;
+
+/* audit_db.worker_role resolved by the launcher at its last scan (InvalidOid: the bootstrap superuser). */
+static Oid	worker_role_oid = InvalidOid;
 
 #define LAUNCHER_NAPTIME_MS		10000
 
@@ -227,6 +237,19 @@ list_databases(void)
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
+
+	/* pg_authid is shared too: the launcher resolves the workers' role. */
+	worker_role_oid = InvalidOid;
+	if (audit_worker_role != NULL && audit_worker_role[0] != '\0')
+	{
+		worker_role_oid = get_role_oid(audit_worker_role, true);
+		if (!OidIsValid(worker_role_oid))
+			ereport(LOG,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("audit_db launcher: role \"%s\" (audit_db.worker_role) does not exist; "
+							"workers run as the bootstrap superuser", audit_worker_role),
+					 errhint("Create the role (LOGIN, owner of the audit_db extension) or reset the setting.")));
+	}
 	CommitTransactionCommand();
 }
 
@@ -262,6 +285,7 @@ start_database_worker(TrackedDatabase *t)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "audit_db worker for database %s", t->name);
 	strlcpy(worker.bgw_type, "audit_db worker", BGW_MAXLEN);
 	worker.bgw_main_arg = ObjectIdGetDatum(t->dboid);
+	memcpy(worker.bgw_extra, &worker_role_oid, sizeof(Oid));
 	worker.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &t->handle))
@@ -480,7 +504,12 @@ audit_database_worker_main(Datum dboid)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(dboid), InvalidOid, 0);
+	{
+		Oid			role;
+
+		memcpy(&role, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+		BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(dboid), role, 0);
+	}
 	pgstat_report_appname("audit_db worker");
 
 	for (;;)

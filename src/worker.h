@@ -15,6 +15,7 @@
 extern int	audit_seal_interval_ms;
 extern int	audit_max_database_workers;
 extern char *audit_skip_databases;
+extern char *audit_worker_role;
 
 /*
  * audit_worker_register_launcher

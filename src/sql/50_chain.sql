@@ -18,7 +18,10 @@ CREATE TABLE audit.audit_chain_block (
   -- 'rows': rows sealed; 'retention_rows': sealed rows removed by retention
   -- (their ids and leaves); 'retention_partition': a partition dropped by
   -- retention (no ids; row_count rows went with it).
-  kind           text        NOT NULL CHECK (kind IN ('rows', 'retention_rows', 'retention_partition')),
+  -- 'archive_rows': sealed rows moved into audit.archive_storage;
+  -- 'retention_archive': archived rows that expired, removed from the archive.
+  kind           text        NOT NULL CHECK (kind IN ('rows', 'retention_rows', 'retention_partition',
+                                                      'archive_rows', 'retention_archive')),
   -- Bounds of the partition that holds the block's rows; both NULL for the
   -- default partition.
   partition_from timestamptz,
@@ -169,20 +172,36 @@ COMMENT ON FUNCTION audit.export_block(audit.audit_chain_block) IS
   'One chain block in the chain export format (JSON)';
 
 -- audit.export_chain(): JSON lines for tools/audit_db_verify: every block in
--- height order, then every row in id order.
+-- height order, then every relocation (audit.audit_log_relocation, sealed rows
+-- moved out of the default partition) in relocation_id order, then every row
+-- in id order. PL/pgSQL, so that the body may name audit.audit_log_relocation,
+-- which 60_partition_manager.sql creates later; its single query reads one
+-- snapshot (a STABLE function takes no snapshot of its own).
 CREATE FUNCTION audit.export_chain() RETURNS SETOF text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+  RETURN QUERY
   SELECT line FROM (
     SELECT 1 AS part, b.height AS k, audit.export_block(b)::text AS line FROM audit.audit_chain_block b
     UNION ALL
-    SELECT 2, r.id, audit.export_row(r)::text FROM audit.audit_log r
+    SELECT 2, m.relocation_id, jsonb_build_object(
+             'type', 'relocation',
+             'relocation_id', m.relocation_id,
+             'partition_from_us', ((extract(epoch FROM m.partition_from) * 1000000)::numeric)::bigint,
+             'partition_to_us', ((extract(epoch FROM m.partition_to) * 1000000)::numeric)::bigint,
+             'relocated_at_us', ((extract(epoch FROM m.relocated_at) * 1000000)::numeric)::bigint,
+             'row_ids', to_jsonb(m.row_ids))::text
+    FROM audit.audit_log_relocation m
+    UNION ALL
+    SELECT 3, r.id, audit.export_row(r)::text FROM audit.audit_log r
   ) lines
-  ORDER BY part, k
+  ORDER BY part, k;
+END
 $$;
 COMMENT ON FUNCTION audit.export_chain() IS
-  'The whole chain and log as JSON lines (blocks, then rows) for the offline verifier tools/audit_db_verify';
+  'The whole chain and log as JSON lines (blocks, relocations, then rows) for the offline verifier tools/audit_db_verify';
 
 -- Format helpers (src/hashing.c): the header hash of a block from its fields,
 -- and the RFC 6962 audit path of one leaf.

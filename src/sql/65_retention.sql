@@ -61,27 +61,28 @@ COMMENT ON TABLE audit.retention_summary IS
 CREATE FUNCTION audit.retention_plan(as_of timestamptz DEFAULT now())
 RETURNS TABLE (partition regclass, range_from timestamptz, range_to timestamptz,
                retention_policy text, data_classification text, policy_classification text,
-               delete_after_days integer, cutoff timestamptz, row_count bigint,
+               delete_after_days integer, cutoff timestamptz, archive_after_days integer,
+               archive_cutoff timestamptz, row_count bigint,
                min_timestamp timestamptz, max_timestamp timestamptz, action text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   WITH pol AS (
     SELECT p.policy_name, p.data_classification::text AS classification,
-           coalesce(p.delete_after_days, p.retention_days) AS days
+           coalesce(p.delete_after_days, p.retention_days) AS days, p.archive_after_days AS adays
     FROM audit.audit_retention_policy p WHERE p.active),
   day AS (SELECT date_trunc('day', as_of, 'UTC') AS d),
-  -- Partitions that may hold an expired row: they start before the
-  -- earliest cutoff of any active policy.
+  -- Partitions that may hold an expired (or archivable) row: they start
+  -- before the earliest cutoff of any active policy.
   -- A partition is dropped only when it lies wholly before that earliest
   -- cutoff, so the current and premade months are never dropped (premake
   -- would only create them again).
   cand AS (
     SELECT b.partition, b.range_from, b.range_to,
-           b.range_to <= day.d - make_interval(days => (SELECT min(days) FROM pol)) AS droppable
+           b.range_to <= day.d - make_interval(days => (SELECT min(least(days, adays)) FROM pol)) AS droppable
     FROM audit.partition_bounds() b, day
     WHERE NOT b.is_default AND b.range_from IS NOT NULL AND b.range_to IS NOT NULL
-      AND b.range_from < day.d - make_interval(days => (SELECT min(days) FROM pol))),
+      AND b.range_from < day.d - make_interval(days => (SELECT min(least(days, adays)) FROM pol))),
   fresh AS (
     SELECT c.*, s.groups,
            s.partition_oid IS NOT NULL AND NOT EXISTS (
@@ -91,43 +92,47 @@ AS $$
     FROM cand c LEFT JOIN audit.retention_summary s ON s.partition_oid = c.partition::oid),
   grp AS (
     SELECT f.partition, f.range_from, f.range_to, f.droppable, g.*,
-           (SELECT pl.days FROM pol pl
-             WHERE pl.policy_name = g.retention_policy
-               AND (pl.classification = g.data_classification OR pl.classification IS NULL)
-             ORDER BY pl.classification IS NULL LIMIT 1) AS days,
-           (SELECT pl.classification FROM pol pl
-             WHERE pl.policy_name = g.retention_policy
-               AND (pl.classification = g.data_classification OR pl.classification IS NULL)
-             ORDER BY pl.classification IS NULL LIMIT 1) AS policy_classification
-    FROM fresh f,
-         jsonb_to_recordset(f.groups) AS g(retention_policy text, data_classification text, "rows" bigint,
-                                           "min" timestamptz, "max" timestamptz)
+           m.days, m.adays, m.classification AS policy_classification
+    FROM fresh f
+    CROSS JOIN jsonb_to_recordset(f.groups) AS g(retention_policy text, data_classification text, "rows" bigint,
+                                                 "min" timestamptz, "max" timestamptz)
+    LEFT JOIN LATERAL (
+      SELECT pl.days, pl.adays, pl.classification FROM pol pl
+      WHERE pl.policy_name = g.retention_policy
+        AND (pl.classification = g.data_classification OR pl.classification IS NULL)
+      ORDER BY pl.classification IS NULL LIMIT 1) m ON true
     WHERE f.summarized),
   judged AS (
-    SELECT grp.*, day.d - make_interval(days => grp.days) AS cut
+    SELECT grp.*, day.d - make_interval(days => grp.days) AS cut,
+           day.d - make_interval(days => grp.adays) AS acut
     FROM grp, day),
   verdict AS (
     SELECT j.partition, bool_and(j.droppable AND j.days IS NOT NULL AND j."max" < j.cut) AS all_expired
     FROM judged j GROUP BY j.partition)
   SELECT j.partition, j.range_from, j.range_to, j.retention_policy, j.data_classification,
-         j.policy_classification, j.days, j.cut, j."rows", j."min", j."max",
+         j.policy_classification, j.days, j.cut, j.adays, j.acut, j."rows", j."min", j."max",
          CASE WHEN v.all_expired THEN 'drop'
-              WHEN j.days IS NOT NULL AND j."min" < j.cut THEN 'delete'
+              WHEN j.days IS NULL THEN 'keep'
+              WHEN j."min" < j.cut AND j.acut > j.cut AND j."max" >= j.cut THEN 'archive+delete'
+              WHEN j."min" < j.cut THEN 'delete'
+              WHEN j."min" < j.acut THEN 'archive'
               ELSE 'keep' END
   FROM judged j JOIN verdict v USING (partition)
   UNION ALL
   -- Candidates with no (or a stale) summary: to be summarised first.
-  SELECT f.partition, f.range_from, f.range_to, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'summarize'
+  SELECT f.partition, f.range_from, f.range_to, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         'summarize'
   FROM fresh f WHERE NOT f.summarized
   UNION ALL
   -- Summarised partitions without a sealed row: nothing to keep.
-  SELECT f.partition, f.range_from, f.range_to, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, 'drop'
+  SELECT f.partition, f.range_from, f.range_to, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, 'drop'
   FROM fresh f WHERE f.summarized AND f.droppable AND jsonb_array_length(f.groups) = 0
   ORDER BY 2, 4, 5
 $$;
 COMMENT ON FUNCTION audit.retention_plan(timestamptz) IS
-  'What retention would do as of a time: per partition and (policy, classification) group, '
-  'keep / delete (expired rows) / drop (every row expired) / summarize (summary missing or stale)';
+  'What retention would do as of a time: per partition and (policy, classification) group, keep / '
+  'delete (rows before cutoff) / archive (rows from cutoff to archive_cutoff move to audit.archive_storage) / '
+  'archive+delete / drop (every row expired) / summarize (summary missing or stale)';
 
 -- Summarise one partition's sealed rows (called by maintenance).
 CREATE FUNCTION audit.refresh_retention_summary(part regclass) RETURNS void
@@ -184,7 +189,9 @@ LEFT JOIN (
   SELECT p.partition,
          CASE WHEN bool_or(p.action = 'summarize') THEN 'not summarized yet'
               WHEN bool_or(p.action = 'drop') THEN 'drop: every row expired'
+              WHEN bool_or(p.action = 'archive+delete') THEN 'archive and delete rows'
               WHEN bool_or(p.action = 'delete') THEN 'delete expired rows'
+              WHEN bool_or(p.action = 'archive') THEN 'archive rows'
               ELSE 'keep' END AS verdict
   FROM audit.retention_plan(now()) p GROUP BY p.partition
 ) v ON v.partition = b.partition

@@ -67,5 +67,13 @@ GRANT EXECUTE ON FUNCTION audit.partition_bounds() TO audit_db_auditor;
 GRANT SELECT ON audit.audit_retention_policy, audit.retention_summary TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.retention_plan(timestamptz) TO audit_db_auditor;
 
+-- Auditor and the archive: read entries and dead letters, restore rows
+-- (each restore is counted), see what would expire; audit.verify() reads
+-- archived rows through audit.archive_lines().
+GRANT SELECT ON audit.archive_storage, audit.archive_dlq_event TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.archive_lines(bigint, boolean), audit.archive_restore(bigint),
+                          audit.row_from_export(jsonb, timestamptz), audit.archive_plan(timestamptz)
+                 TO audit_db_auditor;
+
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();
