@@ -70,3 +70,14 @@ CREATE EXTENSION audit_db;
 INSERT INTO audit.audit_log (action, status) VALUES ('install_check', 'success');
 SELECT audit.log_event(action => 'install_check') > 0 AS logged;
 SELECT id, action, audit.leaf_hash(l) = hash AS hash_ok FROM audit.audit_log l ORDER BY id;
+
+-- Twice more, each new extension's first event logged through
+-- audit.log_event(): ids start again at 1, the same id as the last event of
+-- the extension before, and the call still sees its row stamped (it once
+-- compared ids and failed here).
+DROP EXTENSION audit_db;
+CREATE EXTENSION audit_db;
+SELECT audit.log_event(action => 'install_check') AS first_id;
+DROP EXTENSION audit_db;
+CREATE EXTENSION audit_db;
+SELECT audit.log_event(action => 'install_check') AS first_id_again;

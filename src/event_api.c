@@ -698,7 +698,7 @@ insert_event(EventDraft *ev)
 {
 	Datum		args[EF_NUM_FIELDS];
 	char		argnulls[EF_NUM_FIELDS];
-	int64		before = audit_last_stamped_id();
+	uint64		before = audit_rows_stamped();
 
 	if (insert_plan == NULL)
 	{
@@ -735,7 +735,7 @@ insert_event(EventDraft *ev)
 	}
 
 	if (SPI_execute_plan(insert_plan, args, argnulls, false, 1) != SPI_OK_INSERT ||
-		SPI_processed != 1 || audit_last_stamped_id() == before)
+		SPI_processed != 1 || audit_rows_stamped() == before)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
 				 errmsg("audit event was not stamped by audit_db"),

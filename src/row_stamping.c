@@ -60,6 +60,7 @@ static const AuditColumn required_columns[] = {
 
 /* Id of the last row this backend stamped (0: none yet). */
 static int64 last_stamped_id = 0;
+static uint64 rows_stamped = 0;	/* rows this backend stamped, ever */
 
 /*
  * hash_algorithm_datum
@@ -191,7 +192,14 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	newtuple->t_tableOid = oldtuple->t_tableOid;
 	/* Only a row that passed every check here counts as the last event. */
 	last_stamped_id = id;
+	rows_stamped++;
 	return PointerGetDatum(newtuple);
+}
+
+uint64
+audit_rows_stamped(void)
+{
+	return rows_stamped;
 }
 
 int64

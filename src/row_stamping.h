@@ -26,4 +26,12 @@ extern Datum audit_last_event_id(PG_FUNCTION_ARGS);
  */
 extern int64 audit_last_stamped_id(void);
 
+/*
+ * audit_rows_stamped
+ *		How many rows this backend has stamped so far: a counter that tells
+ *		whether an INSERT went through the trigger even when ids repeat (a
+ *		re-created extension starts its sequence again).
+ */
+extern uint64 audit_rows_stamped(void);
+
 #endif							/* AUDIT_ROW_STAMPING_H */

@@ -41,6 +41,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -60,6 +61,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -242,13 +244,28 @@ list_databases(void)
 	worker_role_oid = InvalidOid;
 	if (audit_worker_role != NULL && audit_worker_role[0] != '\0')
 	{
-		worker_role_oid = get_role_oid(audit_worker_role, true);
-		if (!OidIsValid(worker_role_oid))
+		HeapTuple	role = SearchSysCache1(AUTHNAME, CStringGetDatum(audit_worker_role));
+
+		if (!HeapTupleIsValid(role))
 			ereport(LOG,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("audit_db launcher: role \"%s\" (audit_db.worker_role) does not exist; "
 							"workers run as the bootstrap superuser", audit_worker_role),
 					 errhint("Create the role (LOGIN, owner of the audit_db extension) or reset the setting.")));
+		else
+		{
+			Form_pg_authid form = (Form_pg_authid) GETSTRUCT(role);
+
+			if (form->rolcanlogin)
+				worker_role_oid = form->oid;
+			else
+				ereport(LOG,
+						(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+						 errmsg("audit_db launcher: role \"%s\" (audit_db.worker_role) cannot log in; "
+								"workers run as the bootstrap superuser", audit_worker_role),
+						 errhint("ALTER ROLE %s LOGIN, or reset the setting.", quote_identifier(audit_worker_role))));
+			ReleaseSysCache(role);
+		}
 	}
 	CommitTransactionCommand();
 }
