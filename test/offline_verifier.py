@@ -32,8 +32,21 @@ It then asserts that the tool, run as `sys.executable tools/audit_db_verify`:
     leaf_index, tree_size, an audit path element, a row field or a later
     header changed (also with its header_hash recomputed), a later header
     dropped, and digests that the proof's headers do not pass through;
-  - computes the header-hash test vectors of docs/hash-format.md ("Blocks"),
-    and so does audit.block_header_hash().
+  - computes the header-hash test vectors of docs/hash-format.md ("Blocks",
+    H1 to H4, two of them retention blocks), and so does
+    audit.block_header_hash();
+  - with retention (policy 'short', 30 days; months of an unused year before
+    2025, CALL audit.run_maintenance('2026-12-01')): a partition dropped
+    whole, rows deleted from another, rows relocated out of the default
+    partition into a month then dropped, relocated rows deleted row by row.
+    The export (blocks, relocations, rows) verifies and counts the 12 rows
+    removed by retention; a row deleted by tampering in the same database
+    (rolled back afterwards) is the one problem, missing; a retention_rows
+    block's ids edited (an id added, removed, replaced; also with leaf, root
+    and header recomputed), its leaves, kind or rows_total edited, a
+    relocation line dropped, moved after the drop or forged to hide a
+    deleted row, and a removed row put back are reported; a proof whose
+    later headers include retention blocks verifies.
 
 Connects through the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE)
 as a superuser (SET audit_db.seal_block_rows is PGC_SUSET) and creates the
@@ -53,7 +66,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, psycopg as _load_psycopg, wait_worker_maintenance  # noqa: E402
 
 psycopg = _load_psycopg()
 
@@ -80,6 +93,24 @@ HEADER_VECTORS = [
         "sealed_at_us": -1,                      # 1969-12-31 23:59:59.999999+00
         "prev_hash": "00" * 32},
      "header_hash": "6f45e4d9f5b9c813a40d50f667ff3f9b93b773a12b12f36f66854be7327b4f7e"},
+    {"name": "H3", "fields": {
+        # retention removes the row of H1 from its partition, after H1
+        "height": 43, "kind": "retention_rows",
+        "partition_from_us": 1709251200000000, "partition_to_us": 1711929600000000,
+        "xid_from": 760, "xid_to": 760, "row_count": 1, "rows_total": 1001,
+        "merkle_root": "381c9885bc856056ac7866b1a12fb181745ffdcf7fc7acf1c43633946b2ea70a",
+        "sealed_at_us": 1743562800250000,        # 2025-04-02 03:00:00.25+00
+        "prev_hash": "90ab7158c6338be65c6587d3cfea1300cb2b4c7a74dd846fa2aa758b041c1f8b"},
+     "header_hash": "06fb9dc38a981ef237ceb8353fe568dd1512219c515436b424e298d933fcc543"},
+    {"name": "H4", "fields": {
+        # retention drops that partition, by then empty, after H3
+        "height": 44, "kind": "retention_partition",
+        "partition_from_us": 1709251200000000, "partition_to_us": 1711929600000000,
+        "xid_from": 760, "xid_to": 760, "row_count": 0, "rows_total": 1001,
+        "merkle_root": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "sealed_at_us": 1746154800500000,        # 2025-05-02 03:00:00.5+00
+        "prev_hash": "06fb9dc38a981ef237ceb8353fe568dd1512219c515436b424e298d933fcc543"},
+     "header_hash": "da37e9764f02189bd21e3410b195ffb913384b60880bd7d971394fc6221d2e28"},
 ]
 
 CURRENT_EVENTS = [
@@ -275,6 +306,9 @@ def main():
     conn = psycopg.connect(autocommit=True, options="-c client_encoding=UTF8")
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("CREATE EXTENSION IF NOT EXISTS audit_db")
+    # The worker's first maintenance run would move the default partition's
+    # rows below into partitions it creates for them.
+    wait_worker_maintenance(conn)
     res.check(os.access(TOOL, os.X_OK), "tools/audit_db_verify exists and is executable")
     with open(TOOL, encoding="utf-8") as f:
         head = f.read(200)
@@ -402,9 +436,10 @@ def main():
 
     # -- the chain as exported ------------------------------------------------
     sizes = [b["row_count"] for b in ours]
-    res.check(len(lines) == len(blocks) + len(row_by_id) and
-              all(json.loads(x)["type"] == "block" for x in lines[:len(blocks)]),
-              "export_chain(): every block, then every row")
+    kinds = [json.loads(x)["type"] for x in lines]
+    res.check(len(lines) == kinds.count("block") + kinds.count("relocation") + len(row_by_id)
+              and kinds == sorted(kinds, key=["block", "relocation", "row"].index),
+              "export_chain(): every block, then every relocation, then every row")
     res.check(sorted(sizes) == sorted([7, 7, 5, 1, 3, 7, 2, 1]),
               "seal_block_rows = 7 gives blocks of 7, 7, 5, 1, 3 (run 1) and 7, 2, 1 (run 2)",
               "block sizes: %s" % sizes)
@@ -426,6 +461,9 @@ def main():
         run_checks(res, tool, mod, lines, blocks, row_by_id, block_of, digest_a, digest_b,
                    wanted, proofs, old_proof, unsealed_id, b7, redact_sql)
         res.run("as audit_db_auditor: digest, then export and a proof, verify",
+                lambda: auditor_round(conn, tool, unsealed_id))
+        retention_checks(res, conn, tool, mod)
+        res.run("as audit_db_auditor after retention: digest, then export and a proof, verify",
                 lambda: auditor_round(conn, tool, unsealed_id))
     finally:
         for name in os.listdir(tmp):
@@ -708,6 +746,326 @@ def run_checks(res, tool, mod, lines, blocks, row_by_id, block_of, digest_a, dig
         res.run("proof: %s -> rejected" % label,
                 lambda p=p, fn=fn, pattern=pattern: expect_fail(
                     tool.proof(tampered(p, fn)), [pattern]))
+
+
+# -- retention --------------------------------------------------------------
+
+RETENTION_AS_OF = "2026-12-01 00:00:00+00"
+
+
+def retention_year(conn):
+    """A year before 2025 of which no partition, block or relocation exists
+    yet (the test may run again in the same database)."""
+    for year in range(2010, 2025):
+        used = conn.execute(
+            "SELECT EXISTS (SELECT FROM audit.audit_chain_block WHERE partition_from >= %(a)s "
+            "AND partition_from < %(b)s) OR EXISTS (SELECT FROM audit.audit_log_relocation "
+            "WHERE partition_from >= %(a)s AND partition_from < %(b)s) OR EXISTS (SELECT FROM "
+            "audit.partition_bounds() WHERE range_from >= %(a)s AND range_from < %(b)s)",
+            {"a": "%d-01-01 00:00:00+00" % year, "b": "%d-01-01 00:00:00+00" % (year + 1)}
+        ).fetchone()[0]
+        if not used:
+            return year
+    raise AssertionError("no unused year left for the retention checks")
+
+
+def removed_counts(out):
+    """(total, by retention_rows, by dropped partitions) from the tool's output."""
+    m = re.search(r"(\d+) rows removed by retention", out)
+    n = re.search(r"(\d+) listed by retention_rows blocks, (\d+) with partitions", out)
+    return (int(m.group(1)) if m else None,
+            int(n.group(1)) if n else 0, int(n.group(2)) if n else 0)
+
+
+def retention_checks(res, conn, tool, mod):
+    """A chain with retention: a partition dropped whole, rows deleted from
+    another, rows relocated out of the default partition into a month that
+    is then dropped, and relocated rows deleted row by row."""
+    y = retention_year(conn)
+    info("retention checks in the months of %d" % y)
+    conn.execute("INSERT INTO audit.audit_retention_policy (policy_name, retention_days) "
+                 "SELECT 'short', 30 WHERE NOT EXISTS (SELECT FROM audit.audit_retention_policy "
+                 "WHERE policy_name = 'short' AND data_classification IS NULL)")
+    conn.execute("SELECT audit.ensure_month_partition(%s)", ("%d-03-15 00:00:00+00" % y,))
+    conn.execute("SELECT audit.ensure_month_partition(%s)", ("%d-04-15 00:00:00+00" % y,))
+
+    def log(month, n, policy=None, tag=""):
+        ids = []
+        for i in range(n):
+            ev = dict(action="retention.%02d%s.%d" % (month, tag, i), status="success",
+                      event_time="%d-%02d-%02d 12:00:00+00" % (y, month, 10 + i),
+                      details='{"month": %d, "i": %d}' % (month, i))
+            if policy:
+                ev["retention_policy"] = policy
+            ids.append(log_event(conn, ev))
+        return ids
+    pre_digest = conn.execute("SELECT audit.digest()").fetchone()[0]
+    pre_export = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+    dropped = log(3, 4, "short")                         # month 3: dropped whole
+    deleted = log(4, 3, "short")                         # month 4: these deleted ...
+    kept = log(4, 2, tag=".kept")                        # ... these kept
+    relocated_dropped = log(5, 3, "short")               # month 5: default, then dropped
+    relocated_deleted = log(6, 2, "short")               # month 6: default, then deleted
+    relocated_kept = log(6, 1, tag=".kept")
+    in_default = conn.execute(
+        "SELECT count(*) FROM audit.audit_log a WHERE a.id = ANY (%s) AND a.tableoid = "
+        "(SELECT partition FROM audit.partition_bounds() WHERE is_default)",
+        (relocated_dropped + relocated_deleted + relocated_kept,)).fetchone()[0]
+    res.check(in_default == 6, "retention: the rows of months 5 and 6 of %d are in the default "
+              "partition" % y, "%d of 6" % in_default)
+    seal_all(conn)
+    sealed_export = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+    gone = dropped + deleted + relocated_dropped + relocated_deleted
+    for _ in range(10):
+        conn.execute("CALL audit.run_maintenance(%s)", (RETENTION_AS_OF,))
+        left = conn.execute("SELECT count(*) FROM audit.audit_log WHERE id = ANY (%s)",
+                            (gone,)).fetchone()[0]
+        if left == 0:
+            break
+        time.sleep(0.5)   # the worker's maintenance run held the lock, or summaries only
+    res.check(left == 0, "retention: run_maintenance(%s) removed the %d expired rows"
+              % (RETENTION_AS_OF, len(gone)), "%d left" % left)
+    res.check(conn.execute("SELECT count(*) FROM audit.audit_log WHERE id = ANY (%s)",
+                           (kept + relocated_kept,)).fetchone()[0] == 3,
+              "retention: the rows of other policies stayed")
+    seal_all(conn)
+
+    def bounds(month):
+        lo = "%d-%02d-01 00:00:00+00" % (y, month)
+        hi = "%d-%02d-01 00:00:00+00" % (y + (month == 12), month % 12 + 1)
+        return lo, hi
+    kinds = {}
+    for month in (3, 4, 5, 6):
+        kinds[month] = conn.execute(
+            "SELECT kind, row_count, row_ids FROM audit.audit_chain_block WHERE kind <> 'rows' "
+            "AND partition_from = %s AND partition_to = %s ORDER BY height", bounds(month)
+        ).fetchall()
+    want = {3: [("retention_partition", 4, [])], 4: [("retention_rows", 3, sorted(deleted))],
+            5: [("retention_partition", 3, [])],
+            6: [("retention_rows", 2, sorted(relocated_deleted))]}
+    res.check(kinds == want, "retention: blocks retention_partition (month 3, 4 rows), "
+              "retention_rows (month 4), retention_partition (month 5, 3 relocated rows), "
+              "retention_rows (month 6, relocated rows)", "blocks: %s" % kinds)
+    rel = conn.execute("SELECT partition_from, array_agg(u.id ORDER BY u.id) FROM "
+                       "audit.audit_log_relocation, unnest(row_ids) AS u(id) WHERE u.id = ANY (%s) "
+                       "GROUP BY partition_from ORDER BY partition_from",
+                       (relocated_dropped + relocated_deleted + relocated_kept,)).fetchall()
+    res.check([sorted(r[1]) for r in rel] == [sorted(relocated_dropped),
+                                              sorted(relocated_deleted + relocated_kept)],
+              "retention: the sealed rows of months 5 and 6 were relocated out of the default "
+              "partition", "relocations: %s" % rel)
+    problems = conn.execute("SELECT block_height, row_id, problem, detail FROM audit.verify()"
+                            ).fetchall()
+    res.check(not problems, "retention: audit.verify() finds the chain intact",
+              "\n".join(str(p) for p in problems[:10]))
+
+    digest = conn.execute("SELECT audit.digest()").fetchone()[0]
+    lines = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+    types = [json.loads(x)["type"] for x in lines]
+    first_row = types.index("row") if "row" in types else len(types)
+    res.check(types == sorted(types, key=["block", "relocation", "row"].index) and
+              "relocation" in types,
+              "export_chain(): every block, then every relocation, then every row")
+    rel_lines = [json.loads(x) for x in lines[:first_row] if json.loads(x)["type"] == "relocation"]
+    res.check(all(set(o) == {"type", "relocation_id", "partition_from_us", "partition_to_us",
+                             "relocated_at_us", "row_ids"} for o in rel_lines),
+              "export_chain(): relocation lines carry relocation_id, partition_from_us, "
+              "partition_to_us, relocated_at_us and row_ids", rel_lines[:1])
+    H = digest["height"]
+    blocks = {b["height"]: b for b in blocks_of(lines)}
+    rr4 = next(b for b in blocks.values() if b["kind"] == "retention_rows" and
+               b["row_ids"] == sorted(deleted))
+    rp5 = next(b for b in blocks.values() if b["kind"] == "retention_partition" and
+               b["row_count"] == 3 and b["height"] > pre_digest["height"])
+    reloc5 = next(o for o in rel_lines if set(o["row_ids"]) == set(relocated_dropped))
+
+    base = tool.chain(pre_export, pre_digest)
+    n0 = removed_counts(base[1])
+    res.check(base[0] == 0 and n0[0] is not None, "retention: the export before retention "
+              "verifies", base[1][-500:])
+    ok = tool.chain(lines, digest)
+    n1 = removed_counts(ok[1])
+    res.run("retention (a): the export after retention verifies with its digest and counts "
+            "the removed rows",
+            lambda: (lambda r: (r[0] and n1[0] is not None and
+                                (n1[0] - n0[0], n1[1] - n0[1], n1[2] - n0[2]) == (12, 5, 7),
+                                r[1] or "removed counts before %s, after %s" % (n0, n1)))(
+                expect_ok(ok, [r"^OK: .*extends the digest at height %d" % H,
+                               r"^NOTE \d+ sealed rows are not in the export because "
+                               r"retention removed them"])))
+    res.run("retention (a): ... and extends the digest taken before retention",
+            lambda: expect_ok(tool.chain(lines, pre_digest),
+                              [r"extends the digest at height %d" % pre_digest["height"]]))
+
+    # (b) A row deleted behind retention's back, in the same database.
+    victim = kept[0]
+    with conn.transaction(force_rollback=True):
+        conn.execute("ALTER TABLE audit.audit_log DISABLE TRIGGER USER")
+        conn.execute("DELETE FROM audit.audit_log WHERE id = %s", (victim,))
+        conn.execute("ALTER TABLE audit.audit_log ENABLE TRIGGER USER")
+        tampered = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+    hv = next(b["height"] for b in blocks.values()
+              if b["kind"] == "rows" and victim in b["row_ids"])
+
+    def only_missing(r):
+        ok_, detail = expect_fail(r, [r"block=%d row=%d missing" % (hv, victim)])
+        plines = [ln for ln in r[1].splitlines() if ln.startswith("PROBLEM")]
+        if ok_ and len(plines) != 1:
+            return False, "expected one PROBLEM line:\n" + "\n".join(plines[:15])
+        return ok_, detail
+    res.run("retention (b): a row deleted by tampering -> the only problem, missing (block %d, "
+            "row %d); the rows removed by retention are not" % (hv, victim),
+            lambda: only_missing(tool.chain(tampered, digest)))
+
+    # (c) A retention_rows block's row_ids edited.
+    def is_block(h):
+        return lambda o: o["type"] == "block" and o["height"] == h
+    h4 = rr4["height"]
+
+    def add_id(b):
+        b["row_ids"] = sorted(b["row_ids"] + [kept[1]])
+        return b
+    res.run("retention (c): a kept row's id added to retention_rows block %d -> its count and "
+            "the row reported" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), add_id), digest),
+                                [r"block=%d modified: block %d: row_count 3, but 4 row ids"
+                                 % (h4, h4), r"block=%d row=%d inserted" % (h4, kept[1])]))
+
+    def drop_id(b):
+        b["row_ids"] = b["row_ids"][:-1]
+        return b
+    gone_id = rr4["row_ids"][-1]
+    hs = next(b["height"] for b in blocks.values()
+              if b["kind"] == "rows" and gone_id in b["row_ids"])
+    res.run("retention (c): a removed id taken out of retention_rows block %d -> its count and "
+            "the row (missing) reported" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), drop_id), digest),
+                                [r"block=%d modified: block %d: row_count 3, but 2 row ids"
+                                 % (h4, h4), r"block=%d row=%d missing" % (hs, gone_id)]))
+
+    def swap_id(b):
+        b["row_ids"][0] = kept[1]
+        b["row_ids"].sort()
+        return b
+    res.run("retention (c): a removed id replaced by a kept one in block %d -> reported" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), swap_id), digest),
+                                [r"block=%d row=%d inserted" % (h4, kept[1]),
+                                 r"row=%d missing" % sorted(deleted)[0]]))
+
+    def edit_leaves(b):
+        b["leaves"] = flip_hex(b["leaves"], 70)
+        return b
+    res.run("retention (c): retention_rows block %d's leaves edited -> Merkle root reported" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), edit_leaves),
+                                           digest),
+                                [r"block=%d modified: the Merkle root" % h4]))
+
+    def forge_consistent(b):
+        # A kept row listed with its sealed leaf, Merkle root and header
+        # recomputed: the links to the next block and the digest break.
+        sealed = next(x for x in blocks.values() if x["kind"] == "rows" and kept[1] in x["row_ids"])
+        pos = sealed["row_ids"].index(kept[1])
+        pairs = list(zip(b["row_ids"], [b["leaves"][i:i + 64]
+                                        for i in range(0, len(b["leaves"]), 64)]))
+        pairs.append((kept[1], sealed["leaves"][64 * pos:64 * pos + 64]))
+        pairs.sort()
+        b["row_ids"] = [p[0] for p in pairs]
+        b["leaves"] = "".join(p[1] for p in pairs)
+        b["row_count"] = len(pairs)
+        b["merkle_root"] = mod.merkle_root([bytes.fromhex(p[1]) for p in pairs]).hex()
+        b["header_hash"] = mod.header_hash(mod.parse_block(b)).hex()
+        return b
+    res.run("retention (c): a kept row added to block %d with leaf, root and header recomputed "
+            "-> reported" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), forge_consistent),
+                                           digest),
+                                [r"block=%d row=%d inserted" % (h4, kept[1]),
+                                 r"block=%d modified: block %d's prev_hash" % (h4 + 1, h4 + 1)
+                                 if h4 < H else r"block=%d rewritten" % H]))
+
+    def wrong_kind(b):
+        b["kind"] = "retention_everything"
+        return b
+    res.run("retention: an unknown block kind -> reported",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), wrong_kind), digest),
+                                [r"block=%d modified: block %d has kind \"retention_everything\""
+                                 % (h4, h4)]))
+
+    def total_up(b):
+        b["rows_total"] += b["row_count"]
+        return b
+    res.run("retention: a retention block whose rows_total grew by its row_count -> reported",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), total_up), digest),
+                                [r"block=%d modified: block %d: rows_total \d+ is not block "
+                                 r"\d+'s \d+; a retention block leaves" % (h4, h4)]))
+
+    # (d) Relocated rows whose partition was dropped: absent, not missing.
+    hd = next(b["height"] for b in blocks.values()
+              if b["kind"] == "rows" and relocated_dropped[0] in b["row_ids"])
+    res.check(blocks[hd]["partition_from_us"] is None,
+              "retention (d): month 5's rows were sealed in block %d of the default partition" % hd)
+    out = ok[1]
+    res.check(ok[0] == 0 and not any("row=%d " % i in out for i in relocated_dropped),
+              "retention (d): rows relocated into month 5, then dropped with it (block %d), are "
+              "not missing" % rp5["height"], out[-800:])
+    res.run("retention (d): ... but without their relocation line they are missing, and block "
+            "%d's count is off" % rp5["height"],
+            lambda: expect_fail(tool.chain(replace_line(
+                lines, lambda o: o["type"] == "relocation" and
+                o["relocation_id"] == reloc5["relocation_id"], lambda o: None), digest),
+                ["block=%d row=%d missing" % (hd, i) for i in relocated_dropped] +
+                [r"block=%d modified: block %d dropped the partition" % (rp5["height"],
+                                                                        rp5["height"])]))
+
+    def later(o):
+        o["relocated_at_us"] = rp5["sealed_at_us"] + 1
+        return o
+    res.run("retention (d): ... and missing when relocated after the drop",
+            lambda: expect_fail(tool.chain(replace_line(
+                lines, lambda o: o["type"] == "relocation" and
+                o["relocation_id"] == reloc5["relocation_id"], later), digest),
+                ["block=%d row=%d missing" % (hd, i) for i in relocated_dropped]))
+
+    def add_relocated(o):
+        o["row_ids"] = sorted(o["row_ids"] + [relocated_kept[0]])
+        return o
+    forged = replace_line(replace_line(lines, lambda o: o["type"] == "row" and
+                                       o["id"] == relocated_kept[0], lambda o: None),
+                          lambda o: o["type"] == "relocation" and
+                          o["relocation_id"] == reloc5["relocation_id"], add_relocated)
+    res.run("retention (d): a row of the default partition deleted and hidden in the relocation "
+            "into month 5 -> block %d's count reported" % rp5["height"],
+            lambda: expect_fail(tool.chain(forged, digest),
+                                [r"block=%d modified: block %d dropped the partition .* with "
+                                 r"row_count 3, but the chain puts 4 rows in it"
+                                 % (rp5["height"], rp5["height"])]))
+
+    back = next(x for x in sealed_export if json.loads(x)["type"] == "row" and
+                json.loads(x)["id"] == relocated_dropped[0])
+    restored = [x for x in lines if json.loads(x)["type"] != "row"] + sorted(
+        [x for x in lines if json.loads(x)["type"] == "row"] + [back],
+        key=lambda x: json.loads(x)["id"])
+    res.run("retention: a row of a dropped partition still in the export -> inserted",
+            lambda: expect_fail(tool.chain(restored, digest),
+                                [r"block=%d row=%d inserted: row %d is in the export, but block "
+                                 r"%d removed it by retention" % (rp5["height"],
+                                                                  relocated_dropped[0],
+                                                                  relocated_dropped[0],
+                                                                  rp5["height"])]))
+
+    # Proofs still work after retention: later headers include retention blocks.
+    proof = conn.execute("SELECT audit.prove(%s)", (kept[1],)).fetchone()[0]
+    res.check(any(h["kind"] != "rows" for h in proof["later_headers"]),
+              "retention: the proof of a kept row has retention blocks among its later headers")
+    res.run("retention: that proof verifies, also against the digest",
+            lambda: expect_ok(tool.proof(proof, digest),
+                              [r"passes through the given digest at height %d" % H]))
+    res.run("retention: a proof whose block claims to be a retention block -> reported",
+            lambda: expect_fail(tool.proof(dict(proof, block=dict(proof["block"],
+                                                                   kind="retention_rows"))),
+                                [r"block=%d row=%d modified: block %d has kind"
+                                 % (proof["block"]["height"], kept[1],
+                                    proof["block"]["height"])]))
 
 
 if __name__ == "__main__":
