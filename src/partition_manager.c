@@ -138,8 +138,8 @@ move_default_rows(Oid default_relid, const char *target, TimestampTz from, Times
 {
 	char	   *deflt = quote_qualified_identifier(get_namespace_name(get_rel_namespace(default_relid)),
 												   get_rel_name(default_relid));
-	Oid			types[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
-	Datum		values[3] = {TimestampTzGetDatum(from), TimestampTzGetDatum(to), 0};
+	Oid			types[4] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID};
+	Datum		values[4] = {TimestampTzGetDatum(from), TimestampTzGetDatum(to), 0, 0};
 	int64		horizon;
 	int64		moved;
 	bool		isnull;
@@ -151,7 +151,7 @@ move_default_rows(Oid default_relid, const char *target, TimestampTz from, Times
 		return 0;
 
 	/* The sealer's horizon cannot move while the rows move (seal runs lock this row first). */
-	run_sql("SELECT horizon_xid FROM audit.audit_chain_state FOR UPDATE", 0, NULL, NULL, SPI_OK_SELECT);
+	run_sql("SELECT horizon_xid, height FROM audit.audit_chain_state FOR UPDATE", 0, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -159,6 +159,7 @@ move_default_rows(Oid default_relid, const char *target, TimestampTz from, Times
 				 errhint("Run audit.verify() and restore the extension's state from a backup.")));
 	horizon = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	values[2] = Int64GetDatum(horizon);
+	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
 	run_sql(psprintf("LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE", deflt), 0, NULL, NULL, SPI_OK_UTILITY);
 
@@ -176,11 +177,11 @@ move_default_rows(Oid default_relid, const char *target, TimestampTz from, Times
 	}
 	PG_END_TRY();
 
-	run_sql(psprintf("INSERT INTO audit.audit_log_relocation (partition_from, partition_to, row_count, row_ids,"
-					 " transaction_id_min, transaction_id_max)"
-					 " SELECT $1, $2, count(*), array_agg(id ORDER BY id), min(transaction_id), max(transaction_id) FROM %s"
-					 " WHERE transaction_id < $3 HAVING count(*) > 0", target),
-			3, types, values, SPI_OK_INSERT);
+	run_sql(psprintf("INSERT INTO audit.audit_log_relocation (partition_from, partition_to, chain_height, row_count,"
+					 " row_ids, transaction_id_min, transaction_id_max)"
+					 " SELECT $1, $2, $4, count(*), array_agg(id ORDER BY id), min(transaction_id), max(transaction_id)"
+					 " FROM %s WHERE transaction_id < $3 HAVING count(*) > 0", target),
+			4, types, values, SPI_OK_INSERT);
 	if (SPI_processed > 0)
 	{
 		run_sql("SELECT row_count FROM audit.audit_log_relocation ORDER BY relocation_id DESC LIMIT 1",

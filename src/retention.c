@@ -17,7 +17,9 @@
  * A partition that still holds younger rows, or rows of longer policies,
  * loses only its expired sealed rows (DELETE through the privileged-change
  * permission); the chain gets "retention_rows" blocks listing the removed
- * ids and their leaves.  Rows of a policy with archive_after_days that are
+ * ids and their leaves, recomputed from the rows as they are removed (so a
+ * row altered since it was sealed leaves a leaf that verify finds wrong,
+ * rather than disappearing clean).  Rows of a policy with archive_after_days that are
  * past that age (but not yet past deletion) move into audit.archive_storage
  * (archive.c), one entry per "archive_rows" block.  audit.verify() then
  * expects exactly those rows to be absent from the log, and the archived
@@ -159,8 +161,7 @@ rows_in_partition_by_chain(TimestampTz from, TimestampTz to)
 	Datum		n;
 
 	retention_sql("WITH last_drop AS ("
-				  "  SELECT coalesce(max(height), 0) AS height,"
-				  "         coalesce(max(sealed_at), '-infinity') AS sealed_at"
+				  "  SELECT coalesce(max(height), 0) AS height"
 				  "  FROM audit.audit_chain_block"
 				  "  WHERE kind = 'retention_partition' AND partition_from = $1 AND partition_to = $2)"
 				  " SELECT (coalesce((SELECT sum(b.row_count) FROM audit.audit_chain_block b, last_drop d"
@@ -168,7 +169,7 @@ rows_in_partition_by_chain(TimestampTz from, TimestampTz to)
 				  "                    AND b.height > d.height), 0)"
 				  "      + coalesce((SELECT sum(r.row_count) FROM audit.audit_log_relocation r, last_drop d"
 				  "                  WHERE r.partition_from = $1 AND r.partition_to = $2"
-				  "                    AND r.relocated_at > d.sealed_at), 0)"
+				  "                    AND r.chain_height >= d.height), 0)"
 				  "      - coalesce((SELECT sum(b.row_count) FROM audit.audit_chain_block b, last_drop d"
 				  "                  WHERE b.kind IN ('retention_rows', 'archive_rows') AND b.partition_from = $1"
 				  "                    AND b.partition_to = $2 AND b.height > d.height), 0))::bigint",
@@ -403,13 +404,14 @@ collect_removals(AuditRetentionTarget *target, Removal *rm, int64 horizon, Memor
 {
 	char	   *qualified = quote_qualified_identifier(get_namespace_name(get_rel_namespace(target->relid)),
 													   get_rel_name(target->relid));
-	char	   *delete_sql = psprintf("DELETE FROM ONLY %s WHERE retention_policy = $1"
+	char	   *delete_sql = psprintf("DELETE FROM ONLY %s t WHERE retention_policy = $1"
 									  " AND data_classification::text = $2 AND \"timestamp\" < $3"
-									  " AND transaction_id < $4 RETURNING id, hash", qualified);
+									  " AND transaction_id < $4"
+									  " RETURNING id, audit.leaf_hash(ROW(t.*)::audit.audit_log)", qualified);
 	char	   *archive_sql = psprintf("DELETE FROM ONLY %s t WHERE retention_policy = $1"
 									   " AND data_classification::text = $2 AND \"timestamp\" >= $3"
 									   " AND \"timestamp\" < $4 AND transaction_id < $5"
-									   " RETURNING t.id, t.hash, t.\"timestamp\","
+									   " RETURNING t.id, audit.leaf_hash(ROW(t.*)::audit.audit_log), t.\"timestamp\","
 									   " audit.export_row(ROW(t.*)::audit.audit_log)::text", qualified);
 	ListCell   *lc;
 	int			gi = 0;

@@ -165,7 +165,9 @@ typedef struct VerifyState
 	TupleDesc	pending_desc;
 	sealed_hash *sealed;
 	sealed_hash *relocated;		/* sealed rows moved out of the default partition */
-	sealed_hash *retained;		/* ids of the current partition's blocks removed by retention */
+	sealed_hash *retained;		/* ids of the current partition's blocks removed by retention:
+								 * .block indexes retained_leaves, .pos is 1 if a leaf is known */
+	uint8	   *retained_leaves;	/* 32 bytes per retained id */
 	int64		rows_retained;	/* sealed rows found absent because retention removed them */
 	List	   *relocated_bounds;	/* AuditPartition * of the months they moved to */
 	OpenBlock  *blocks;
@@ -824,10 +826,18 @@ close_block(VerifyState *vs, int slot)
 	{
 		SealedRow  *e;
 
-		if (!b->seen_pos[i] && vs->retained != NULL && vs->retained->members > 0 &&
-			sealed_lookup(vs->retained, b->ids[i]) != NULL)
+		if (vs->retained != NULL && vs->retained->members > 0 &&
+			(e = sealed_lookup(vs->retained, b->ids[i])) != NULL)
 		{
-			b->seen_pos[i] = true;	/* removed by retention, as sealed */
+			if (b->seen_pos[i])
+				report(vs, b->height, b->ids[i], NULL, "inserted",
+					   "a retention block says the row was removed, but it is still in the log");
+			else if (e->pos == 1 &&
+					 memcmp(vs->retained_leaves + (Size) e->block * AUDIT_HASH_LEN,
+							b->leaves + (Size) i * AUDIT_HASH_LEN, AUDIT_HASH_LEN) != 0)
+				report(vs, b->height, b->ids[i], NULL, "modified",
+					   "retention removed the row, but as it was then it no longer had the leaf it was sealed with");
+			b->seen_pos[i] = true;	/* removed by retention */
 			vs->rows_retained++;
 		}
 		if (!b->seen_pos[i])
@@ -1048,11 +1058,12 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 /*
  * load_retained
  *		The ids that retention removed from the rows of the blocks about to
- *		be opened for `part`, into vs->retained.  For a monthly partition:
- *		the ids its retention_rows blocks list.  For the default partition
- *		(whose blocks also seal the rows later relocated into a month): the
- *		relocated ids that retention removed from that month, row by row or
- *		with the whole partition after the relocation.
+ *		be opened for `part`, with the leaf the removal listed, into
+ *		vs->retained.  For a monthly partition: the ids its retention_rows
+ *		and archive_rows blocks list.  For the default partition (whose
+ *		blocks also seal the rows later relocated into a month): the
+ *		relocated ids that retention removed from that month, row by row, or
+ *		with the whole partition after the relocation (no leaf then).
  */
 static void
 load_retained(VerifyState *vs, const AuditPartition *part)
@@ -1063,32 +1074,44 @@ load_retained(VerifyState *vs, const AuditPartition *part)
 	vs->retained = sealed_create(vs->cxt, 64, NULL);
 	MemoryContextSwitchTo(old);
 	if (part->unbounded)
-		rc = SPI_execute("SELECT r.id FROM (SELECT unnest(row_ids) AS id, partition_from, partition_to, relocated_at"
+		rc = SPI_execute("SELECT r.id, (SELECT substring(d.leaves FROM (array_position(d.row_ids, r.id) - 1) * 32 + 1 FOR 32)"
+						 "   FROM audit.audit_chain_block d WHERE d.kind IN ('retention_rows', 'archive_rows')"
+						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
+						 "   AND r.id = ANY (d.row_ids) ORDER BY d.height LIMIT 1)"
+						 " FROM (SELECT unnest(row_ids) AS id, partition_from, partition_to, chain_height"
 						 "  FROM audit.audit_log_relocation) r"
 						 " WHERE EXISTS (SELECT FROM audit.audit_chain_block d WHERE d.kind = 'retention_partition'"
 						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
-						 "   AND d.sealed_at >= r.relocated_at)"
+						 "   AND d.height > r.chain_height)"
 						 "  OR EXISTS (SELECT FROM audit.audit_chain_block d"
 						 "   WHERE d.kind IN ('retention_rows', 'archive_rows')"
 						 "   AND d.partition_from = r.partition_from AND d.partition_to = r.partition_to"
 						 "   AND r.id = ANY (d.row_ids))", true, 0);
 	else
-		rc = SPI_execute_with_args("SELECT unnest(row_ids) FROM audit.audit_chain_block"
-								   " WHERE kind IN ('retention_rows', 'archive_rows')"
-								   " AND partition_from = $1 AND partition_to = $2",
+		rc = SPI_execute_with_args("SELECT u.id, substring(b.leaves FROM (u.pos::integer - 1) * 32 + 1 FOR 32)"
+								   " FROM audit.audit_chain_block b,"
+								   "  unnest(b.row_ids) WITH ORDINALITY AS u(id, pos)"
+								   " WHERE b.kind IN ('retention_rows', 'archive_rows')"
+								   " AND b.partition_from = $1 AND b.partition_to = $2",
 								   2, (Oid[]) {TIMESTAMPTZOID, TIMESTAMPTZOID},
 								   (Datum[]) {TimestampTzGetDatum(part->from), TimestampTzGetDatum(part->to)},
 								   NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading retention blocks failed: %s", SPI_result_code_string(rc));
+	vs->retained_leaves = MemoryContextAlloc(vs->cxt, (Size) AUDIT_HASH_LEN * Max(SPI_processed, 1));
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
 		bool		found;
 		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		SealedRow  *e;
 
-		if (!isnull)
-			(void) sealed_insert(vs->retained, DatumGetInt64(id), &found);
+		if (isnull)
+			continue;
+		e = sealed_insert(vs->retained, DatumGetInt64(id), &found);
+		e->block = (int32) r;
+		e->pos = column_is_hash(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2,
+								vs->retained_leaves + (Size) r * AUDIT_HASH_LEN) ? 1 : 0;
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -1472,6 +1495,40 @@ check_retention_blocks(VerifyState *vs)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+
+	/* A dropped partition held the rows the chain says it held. */
+	if (SPI_execute_with_args("SELECT d.height, d.row_count,"
+							  " (coalesce((SELECT sum(b.row_count) FROM audit.audit_chain_block b"
+							  "    WHERE b.kind = 'rows' AND b.partition_from = d.partition_from"
+							  "    AND b.partition_to = d.partition_to AND b.height < d.height AND b.height > p.prev), 0)"
+							  "  + coalesce((SELECT sum(r.row_count) FROM audit.audit_log_relocation r"
+							  "    WHERE r.partition_from = d.partition_from AND r.partition_to = d.partition_to"
+							  "    AND r.chain_height < d.height AND r.chain_height >= p.prev), 0)"
+							  "  - coalesce((SELECT sum(b.row_count) FROM audit.audit_chain_block b"
+							  "    WHERE b.kind IN ('retention_rows', 'archive_rows') AND b.partition_from = d.partition_from"
+							  "    AND b.partition_to = d.partition_to AND b.height < d.height AND b.height > p.prev), 0)"
+							  " )::bigint"
+							  " FROM audit.audit_chain_block d"
+							  " CROSS JOIN LATERAL (SELECT coalesce(max(x.height), 0) AS prev FROM audit.audit_chain_block x"
+							  "   WHERE x.kind = 'retention_partition' AND x.partition_from = d.partition_from"
+							  "   AND x.partition_to = d.partition_to AND x.height < d.height) p"
+							  " WHERE d.kind = 'retention_partition' AND d.height >= $1 ORDER BY d.height",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(vs->rows_from_height)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading dropped partitions failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		height = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		int32		row_count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+		int64		expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull));
+
+		if (row_count != expected)
+			report(vs, height, 0, "row_count", "modified",
+				   psprintf("the dropped partition held %lld rows by the chain's count, the block says %d",
+							(long long) expected, row_count));
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*

@@ -8,6 +8,9 @@
 CREATE TABLE audit.audit_log_relocation (
   relocation_id  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   relocated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+  -- Height of the chain when the rows moved: blocks above it came later
+  -- (a partition dropped by retention after the move took these rows along).
+  chain_height   bigint      NOT NULL CHECK (chain_height >= 0),
   partition_from timestamptz NOT NULL,
   partition_to   timestamptz NOT NULL CHECK (partition_to > partition_from),
   row_count      integer     NOT NULL CHECK (row_count > 0),

@@ -66,6 +66,9 @@ RETURNS TABLE (partition regclass, range_from timestamptz, range_to timestamptz,
                min_timestamp timestamptz, max_timestamp timestamptz, action text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- Days are whole UTC days, whatever the session's TimeZone (daylight saving
+-- would otherwise move a cutoff by an hour).
+SET TimeZone = 'UTC'
 AS $$
   WITH pol AS (
     SELECT p.policy_name, p.data_classification::text AS classification,

@@ -102,6 +102,9 @@ RETURNS TABLE (archive_id bigint, retention_policy text, data_classification tex
                cutoff timestamptz, max_timestamp timestamptz, action text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- Days are whole UTC days, whatever the session's TimeZone (daylight saving
+-- would otherwise move a cutoff by an hour).
+SET TimeZone = 'UTC'
 AS $$
   SELECT a.archive_id, a.retention_policy, a.data_classification,
          date_trunc('day', as_of, 'UTC') - make_interval(days => m.days) AS cutoff, a.max_timestamp,
