@@ -419,6 +419,9 @@ typedef enum SealOutcome
 	SEAL_NO_EXTENSION
 } SealOutcome;
 
+/* OID of the audit_db extension the last seal run saw (a new one: re-created). */
+static Oid	seen_extension = InvalidOid;
+
 static SealOutcome
 seal_once(void)
 {
@@ -430,7 +433,8 @@ seal_once(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "audit_db: seal");
 
-	if (!OidIsValid(get_extension_oid("audit_db", true)))
+	seen_extension = get_extension_oid("audit_db", true);
+	if (!OidIsValid(seen_extension))
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -513,6 +517,8 @@ void
 audit_database_worker_main(Datum dboid)
 {
 	TimestampTz last_maintenance = 0;
+	Oid			maintained_extension = InvalidOid;
+	SealOutcome outcome;
 
 	int			backoff_ms = 0;
 	int			missing_checks = 0;
@@ -542,7 +548,14 @@ audit_database_worker_main(Datum dboid)
 		}
 
 		run_start = GetCurrentTimestamp();
-		switch (seal_once())
+		outcome = seal_once();
+		if (OidIsValid(seen_extension) && seen_extension != maintained_extension)
+		{
+			/* First sight of this extension (or it was dropped and created again). */
+			maintained_extension = seen_extension;
+			last_maintenance = 0;
+		}
+		switch (outcome)
 		{
 			case SEAL_OK:
 				backoff_ms = 0;
