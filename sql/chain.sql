@@ -18,21 +18,7 @@ FROM audit.audit_chain_state;
 SELECT height, rows_sealed, unsealed_rows FROM audit.chain_status;
 SELECT count(*) AS empty_problems FROM audit.verify();
 
--- Seal every committed row, whoever does it (a concurrent seal run may hold
--- the horizon back for a moment).
-CREATE FUNCTION pg_temp.seal_all() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..200 LOOP
-    PERFORM audit.seal();
-    IF NOT EXISTS (SELECT FROM audit.audit_log
-                   WHERE transaction_id >= (SELECT horizon_xid FROM audit.audit_chain_state)) THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
+\i sql/include/session_helpers.sql
 
 -- 120 events in one transaction: 100 this month, 20 in March 2024.
 SELECT audit.ensure_month_partition('2024-03-15') AS old_partition;

@@ -9,37 +9,8 @@ CREATE EXTENSION audit_db;
 RESET client_min_messages;
 SET TimeZone = 'UTC';
 
-CREATE FUNCTION pg_temp.seal_all() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..200 LOOP
-    PERFORM audit.seal();
-    IF NOT EXISTS (SELECT FROM audit.audit_log
-                   WHERE transaction_id >= (SELECT horizon_xid FROM audit.audit_chain_state)) THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
+\i sql/include/session_helpers.sql
 
--- With audit_db preloaded, a new database worker runs maintenance once when
--- it starts; a CALL meanwhile would return at once (one run at a time), so
--- wait for that run to end. The NOTICE naming each CALL's run id is hidden.
-CREATE FUNCTION pg_temp.wait_for_worker_maintenance() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  IF current_setting('shared_preload_libraries') NOT LIKE '%audit_db%' THEN
-    RETURN true;
-  END IF;
-  FOR i IN 1..400 LOOP
-    IF EXISTS (SELECT FROM audit.maintenance_run WHERE via = 'worker' AND status <> 'running') THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
 SELECT pg_temp.wait_for_worker_maintenance() AS worker_ran;
 SET client_min_messages = warning;
 

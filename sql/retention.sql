@@ -10,36 +10,8 @@ CREATE EXTENSION audit_db;
 RESET client_min_messages;
 SET TimeZone = 'UTC';
 
-CREATE FUNCTION pg_temp.seal_all() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..200 LOOP
-    PERFORM audit.seal();
-    IF NOT EXISTS (SELECT FROM audit.audit_log
-                   WHERE transaction_id >= (SELECT horizon_xid FROM audit.audit_chain_state)) THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
+\i sql/include/session_helpers.sql
 
--- The worker's first maintenance run (with the preload) must be over before
--- policies exist: it runs as of the wall clock, this suite as of 2024-06-20.
-CREATE FUNCTION pg_temp.wait_for_worker_maintenance() RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN
-  IF current_setting('shared_preload_libraries') NOT LIKE '%audit_db%' THEN
-    RETURN true;
-  END IF;
-  FOR i IN 1..400 LOOP
-    IF EXISTS (SELECT FROM audit.maintenance_run WHERE via = 'worker' AND status <> 'running') THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-  RETURN false;
-END
-$$;
 SELECT pg_temp.wait_for_worker_maintenance() AS worker_ran;
 SET client_min_messages = warning;
 

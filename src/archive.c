@@ -161,10 +161,9 @@ audit_archive_expire(int64 archive_id)
 	h.rows_total = head.rows_total;
 	h.sealed_at = GetCurrentTimestamp();
 	audit_append_block(&h, id_datums, (const uint8 *) VARDATA_ANY(leaves), n, header_hash);
-	archive_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
-				(Oid[]) {INT8OID, BYTEAOID},
-				(Datum[]) {Int64GetDatum(h.height), PointerGetDatum(audit_bytea_from_bytes(header_hash, AUDIT_HASH_LEN))},
-				SPI_OK_UPDATE);
+	head.height = h.height;
+	memcpy(head.head_hash, header_hash, AUDIT_HASH_LEN);
+	audit_move_chain_head(&head);
 	return n;
 }
 

@@ -129,6 +129,14 @@ audit_retention_summarize(const AuditRetentionTarget *target)
 				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_SELECT);
 }
 
+/* The partition's summary is stale once retention removed rows from it. */
+static void
+forget_summary(const AuditRetentionTarget *target)
+{
+	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
+				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
+}
+
 /*
  * partition_still_there
  *		Is relid still a partition of audit.audit_log with these bounds?
@@ -279,13 +287,8 @@ drop_partition(AuditRetentionTarget *target, TimestampTz as_of)
 	nrows = rows_in_partition_by_chain(target->from, target->to);
 	retention_sql(psprintf("DROP TABLE %s", qualified), 0, NULL, NULL, SPI_OK_UTILITY);
 	seal_removal(&head, AUDIT_BLOCK_RETENTION_PARTITION, target, NULL, 0, nrows);
-	retention_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
-				  (Oid[]) {INT8OID, BYTEAOID},
-				  (Datum[]) {Int64GetDatum(head.height),
-				  PointerGetDatum(audit_bytea_from_bytes(head.head_hash, AUDIT_HASH_LEN))},
-				  SPI_OK_UPDATE);
-	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
-				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
+	audit_move_chain_head(&head);
+	forget_summary(target);
 	target->rows_removed = nrows;
 }
 
@@ -544,14 +547,9 @@ remove_expired_rows(AuditRetentionTarget *target)
 							  rm->narchived[gi]);
 			gi++;
 		}
-		retention_sql("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
-					  (Oid[]) {INT8OID, BYTEAOID},
-					  (Datum[]) {Int64GetDatum(head.height),
-					  PointerGetDatum(audit_bytea_from_bytes(head.head_hash, AUDIT_HASH_LEN))},
-					  SPI_OK_UPDATE);
+		audit_move_chain_head(&head);
 	}
-	retention_sql("DELETE FROM audit.retention_summary WHERE partition_oid = $1", 1, (Oid[]) {OIDOID},
-				  (Datum[]) {ObjectIdGetDatum(target->relid)}, SPI_OK_DELETE);
+	forget_summary(target);
 	MemoryContextDelete(cxt);
 }
 

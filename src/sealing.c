@@ -187,6 +187,26 @@ audit_lock_chain_head(AuditChainHead *head)
 }
 
 /*
+ * audit_move_chain_head
+ *		Store a new head (height and header hash) in audit.audit_chain_state
+ *		after appending blocks that seal no new rows (retention, archival):
+ *		rows_total, the horizon and last_sealed_at stay as they are.
+ */
+void
+audit_move_chain_head(const AuditChainHead *head)
+{
+	if (SPI_execute_with_args("UPDATE audit.audit_chain_state SET height = $1, head_hash = $2", 2,
+							  (Oid[]) {INT8OID, BYTEAOID},
+							  (Datum[]) {Int64GetDatum(head->height),
+							  PointerGetDatum(audit_bytea_from_bytes(head->head_hash, AUDIT_HASH_LEN))},
+							  NULL, false, 0) != SPI_OK_UPDATE || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit.audit_chain_state must hold exactly one row"),
+				 errhint("The chain state was altered outside audit_db; reinstall the extension from a backup.")));
+}
+
+/*
  * flush_block
  *		Append the block being filled (if it has rows) to the chain.
  */

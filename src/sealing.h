@@ -55,6 +55,13 @@ extern AuditSealResult audit_seal_run(void);
 extern void audit_lock_chain_head(AuditChainHead *head);
 
 /*
+ * audit_move_chain_head
+ *		Store head's height and hash as the chain head (blocks that seal no
+ *		new rows: retention, archival).  Needs SPI and the head locked.
+ */
+extern void audit_move_chain_head(const AuditChainHead *head);
+
+/*
  * audit_append_block
  *		Append a block whose header fields (all but merkle_root) are in *h,
  *		holding n row ids and their leaves; computes the Merkle root and the
