@@ -125,6 +125,18 @@ DROP TABLE audit.audit_log_2050_03;
 CALL audit.run_maintenance('infinity');
 \echo :LAST_ERROR_SQLSTATE
 
+-- History: a run a crash left 'running' becomes 'interrupted'; records older
+-- than audit_db.maintenance_history_days (90) are removed by the next run.
+INSERT INTO audit.maintenance_run (via, as_of, status, started_at)
+VALUES ('worker', '2020-01-01', 'running', '2020-01-01'),
+       ('call', '2026-01-01', 'running', now() - interval '1 day');
+SHOW audit_db.maintenance_history_days;
+CALL audit.run_maintenance();
+SELECT count(*) FILTER (WHERE started_at < '2021-01-01') AS old_records,
+       count(*) FILTER (WHERE status = 'running') AS still_running,
+       count(*) FILTER (WHERE status = 'interrupted') AS interrupted
+FROM audit.maintenance_run;
+
 -- Only the owner of audit.audit_log runs maintenance or creates partitions;
 -- the auditor reads what exists and what was done.
 CREATE ROLE audit_partitions_auditor IN ROLE audit_db_auditor;

@@ -284,6 +284,17 @@ _PG_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("audit_db.maintenance_history_days",
+							"Days audit.maintenance_run keeps the record of a maintenance run; 0 keeps them for ever.",
+							"Each maintenance run removes older records.",
+							&audit_maintenance_history_days,
+							90,
+							0,
+							36500,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("audit_db.maintenance_lock_timeout",
 							"Longest wait for a table lock in audit_db maintenance DDL; 0 waits forever.",
 							"A step that times out fails (SQLSTATE 55P03) and the next run retries it.",

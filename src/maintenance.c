@@ -18,7 +18,10 @@
  *	             one partition per step; rows a policy archives move into
  *	             audit.archive_storage (a failed archive job is recorded in
  *	             audit.archive_dlq_event); archive entries whose policy
- *	             expired them are removed, one per step.
+ *	             expired them are removed, one per step;
+ *	history      records of runs older than audit_db.maintenance_history_days
+ *	             are removed, and runs left 'running' by a crash (no run can
+ *	             be running while this one holds the lock) become 'interrupted'.
  *
  * Only one run at a time per database: a run holds a session advisory lock
  * (key AUDIT_MAINTENANCE_LOCK_KEY) and a second caller returns at once.
@@ -63,6 +66,7 @@
 #include "sealing.h"
 
 int			audit_maintenance_interval_s = 3600;
+int			audit_maintenance_history_days = 90;
 
 /* Most months drained from the default partition in one run. */
 #define DEFAULT_MONTHS_PER_RUN		120
@@ -415,6 +419,25 @@ run_archive_expiry(MaintenanceRun *run)
 		(void) run_step(run, "archive expiry", step_archive_expire, &plan.ids[i]);
 }
 
+/* Forget old runs; mark the ones a crash left 'running' as interrupted. */
+static void
+step_history(MaintenanceRun *run, void *arg)
+{
+	if (SPI_execute_with_args("UPDATE audit.maintenance_run SET status = 'interrupted'"
+							  " WHERE status = 'running' AND run_id <> $1",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->run_id)},
+							  NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "marking interrupted maintenance runs failed");
+	if (audit_maintenance_history_days > 0 &&
+		SPI_execute_with_args("DELETE FROM audit.maintenance_run"
+							  " WHERE started_at < $1 - pg_catalog.make_interval(days => $2) AND run_id <> $3",
+							  3, (Oid[]) {TIMESTAMPTZOID, INT4OID, INT8OID},
+							  (Datum[]) {TimestampTzGetDatum(run->as_of), Int32GetDatum(audit_maintenance_history_days),
+							  Int64GetDatum(run->run_id)},
+							  NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "removing old maintenance records failed");
+}
+
 /* The run's actions as a JSON object (text). */
 static char *
 actions_json(MaintenanceRun *run)
@@ -558,6 +581,7 @@ audit_run_maintenance(TimestampTz as_of, bool can_commit, const char *via, int64
 		run.run_id = *run_id;
 		run_retention(&run);
 		run_archive_expiry(&run);
+		(void) run_step(&run, "history", step_history, NULL);
 
 		values[0] = Int64GetDatum(*run_id);
 		values[1] = CStringGetTextDatum(run.errors == NIL ? "done" : "errors");

@@ -22,6 +22,9 @@
 /* audit_db.maintenance_interval (s): worker runs maintenance this often; 0 = never. */
 extern int	audit_maintenance_interval_s;
 
+/* audit_db.maintenance_history_days: records of runs older than this are removed; 0 = never. */
+extern int	audit_maintenance_history_days;
+
 /* How a run ended. */
 typedef enum AuditMaintenanceOutcome
 {

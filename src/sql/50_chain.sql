@@ -173,10 +173,19 @@ COMMENT ON FUNCTION audit.export_block(audit.audit_chain_block) IS
 
 -- audit.export_chain(): JSON lines for tools/audit_db_verify: every block in
 -- height order, then every relocation (audit.audit_log_relocation, sealed rows
--- moved out of the default partition) in relocation_id order, then every row
--- in id order. PL/pgSQL, so that the body may name audit.audit_log_relocation,
--- which 60_partition_manager.sql creates later; its single query reads one
--- snapshot (a STABLE function takes no snapshot of its own).
+-- moved out of the default partition) in relocation_id order, then every
+-- archive entry (audit.archive_storage) in archive_id order, each followed by
+-- its rows as stored (type "archived_row"), then every row in id order.
+-- PL/pgSQL, so that the body may name audit.audit_log_relocation,
+-- audit.archive_storage and audit.archive_lines(), which 60_partition_manager.sql
+-- and 67_archive.sql create later; its single query reads one snapshot (a
+-- STABLE function takes no snapshot of its own). audit.archive_lines(id, false)
+-- reads an entry without counting a retrieval. It reads through SPI of its
+-- own (with a snapshot of its own under READ COMMITTED); an entry's data
+-- never change, so it returns the rows of the entry the query sees, unless
+-- the entry expired meanwhile: then the export fails ("no archive entry")
+-- rather than leave it out, and is to be taken again (or in a REPEATABLE
+-- READ transaction, where every snapshot is the transaction's).
 CREATE FUNCTION audit.export_chain() RETURNS SETOF text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -184,24 +193,44 @@ AS $$
 BEGIN
   RETURN QUERY
   SELECT line FROM (
-    SELECT 1 AS part, b.height AS k, audit.export_block(b)::text AS line FROM audit.audit_chain_block b
+    SELECT 1 AS part, b.height AS k, 0::bigint AS sub, audit.export_block(b)::text AS line
+    FROM audit.audit_chain_block b
     UNION ALL
-    SELECT 2, m.relocation_id, jsonb_build_object(
+    SELECT 2, m.relocation_id, 0, jsonb_build_object(
              'type', 'relocation',
              'relocation_id', m.relocation_id,
              'partition_from_us', ((extract(epoch FROM m.partition_from) * 1000000)::numeric)::bigint,
              'partition_to_us', ((extract(epoch FROM m.partition_to) * 1000000)::numeric)::bigint,
              'relocated_at_us', ((extract(epoch FROM m.relocated_at) * 1000000)::numeric)::bigint,
+             'chain_height', m.chain_height,
              'row_ids', to_jsonb(m.row_ids))::text
     FROM audit.audit_log_relocation m
     UNION ALL
-    SELECT 3, r.id, audit.export_row(r)::text FROM audit.audit_log r
+    SELECT 3, a.archive_id, 0, jsonb_build_object(
+             'type', 'archive',
+             'archive_id', a.archive_id,
+             'block_height', a.block_height,
+             'row_count', a.row_count,
+             'merkle_root', encode(a.merkle_root, 'hex'),
+             'retention_policy', a.retention_policy,
+             'data_classification', a.data_classification)::text
+    FROM audit.archive_storage a
+    UNION ALL
+    -- The stored document (audit.export_row format) with its type renamed
+    -- and the entry it belongs to, in the order the entry holds the rows.
+    SELECT 3, a.archive_id, l.n,
+           (l.doc || jsonb_build_object('type', 'archived_row', 'archive_id', a.archive_id))::text
+    FROM audit.archive_storage a
+    CROSS JOIN LATERAL audit.archive_lines(a.archive_id, false) WITH ORDINALITY AS l(doc, n)
+    UNION ALL
+    SELECT 4, r.id, 0, audit.export_row(r)::text FROM audit.audit_log r
   ) lines
-  ORDER BY part, k;
+  ORDER BY part, k, sub;
 END
 $$;
 COMMENT ON FUNCTION audit.export_chain() IS
-  'The whole chain and log as JSON lines (blocks, relocations, then rows) for the offline verifier tools/audit_db_verify';
+  'The whole chain and log as JSON lines (blocks, relocations, archive entries with their rows, then rows) '
+  'for the offline verifier tools/audit_db_verify';
 
 -- Format helpers (src/hashing.c): the header hash of a block from its fields,
 -- and the RFC 6962 audit path of one leaf.

@@ -96,7 +96,8 @@ CREATE TABLE audit.maintenance_run (
   run_by      name        NOT NULL DEFAULT session_user,
   via         text        NOT NULL CHECK (via IN ('worker', 'call')),
   as_of       timestamptz NOT NULL,
-  status      text        NOT NULL CHECK (status IN ('running', 'done', 'errors')),
+  -- 'interrupted': the run never finished (the server or the worker stopped).
+  status      text        NOT NULL CHECK (status IN ('running', 'done', 'errors', 'interrupted')),
   actions     jsonb,
   errors      text[]
 );
