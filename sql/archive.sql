@@ -108,6 +108,15 @@ SELECT bool_and(max_timestamp >= '2024-04-23') AS only_younger_entries_left FROM
 SELECT kind, count(*) AS blocks FROM audit.audit_chain_block WHERE kind = 'retention_archive' GROUP BY 1;
 SELECT block_height = :victim_block AS at_block, field, problem FROM audit.verify();
 
+-- An entry's policy decides when it expires, so it must describe its rows:
+-- a policy name changed behind audit_db's back is reported (rolled back).
+BEGIN;
+ALTER TABLE audit.archive_storage DISABLE TRIGGER archive_storage_refuse_update;
+UPDATE audit.archive_storage SET retention_policy = 'kept_forever'
+WHERE archive_id = (SELECT max(archive_id) FROM audit.archive_storage);
+SELECT field, problem, count(*) FROM audit.verify() WHERE field = 'archive' GROUP BY 1, 2 ORDER BY 1, 2;
+ROLLBACK;
+
 -- A failing archive job is recorded with its reason and retried later.
 SET client_min_messages = error;
 SELECT count(*) AS months FROM audit.create_partitions(0, '2024-09-01');

@@ -229,8 +229,15 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(old);
 
 	SPI_connect();
-	archive_sql("SELECT compression, raw_bytes, data FROM audit.archive_storage WHERE archive_id = $1",
-				1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(archive_id)}, SPI_OK_SELECT);
+	/*
+	 * Without counting, read with the caller's snapshot (read-only SPI): an
+	 * export or a verification sees the entries its own snapshot sees, even
+	 * if maintenance expires one meanwhile.
+	 */
+	if (SPI_execute_with_args("SELECT compression, raw_bytes, data FROM audit.archive_storage WHERE archive_id = $1",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(archive_id)}, NULL,
+							  !count_retrieval, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading archive entry %lld failed", (long long) archive_id);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),

@@ -1554,8 +1554,13 @@ check_archive_entry(VerifyState *vs, int64 height, int64 archive_id, ArrayType *
 		uint64		nrows;
 
 		if (SPI_execute_with_args("SELECT (l.j->>'id')::bigint, audit.leaf_hash(audit.row_from_export(l.j)),"
-								  " decode(l.j->>'hash', 'hex')"
-								  " FROM audit.archive_lines($1, false) l(j)",
+								  " decode(l.j->>'hash', 'hex'),"
+								  " l.j->>'retention_policy' IS NOT DISTINCT FROM a.retention_policy"
+								  " AND l.j->>'data_classification' IS NOT DISTINCT FROM a.data_classification"
+								  " AND (audit.row_from_export(l.j)).\"timestamp\" BETWEEN a.min_timestamp AND a.max_timestamp"
+								  " AND (l.j->>'id')::bigint BETWEEN a.first_id AND a.last_id"
+								  " FROM audit.archive_storage a, audit.archive_lines($1, false) l(j)"
+								  " WHERE a.archive_id = $1",
 								  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(archive_id)},
 								  NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading archive entry %lld failed", (long long) archive_id);
@@ -1586,6 +1591,11 @@ check_archive_entry(VerifyState *vs, int64 height, int64 archive_id, ArrayType *
 					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
 				report(vs, height, id, "hash", "modified",
 					   psprintf("the archived row's stored hash (entry %lld) is not its leaf",
+								(long long) archive_id));
+			else if (!DatumGetBool(SPI_getbinval(t, SPI_tuptable->tupdesc, 4, &isnull)) || isnull)
+				report(vs, height, id, "archive", "modified",
+					   psprintf("archive entry %lld describes its rows wrongly (policy, classification, "
+								"time span or id range), which decides when it expires",
 								(long long) archive_id));
 		}
 		ReleaseCurrentSubTransaction();
@@ -1626,7 +1636,9 @@ check_archives(VerifyState *vs)
 		return;
 	if (SPI_execute_with_args("SELECT b.height, a.archive_id, a.merkle_root = b.merkle_root AND a.row_count = b.row_count,"
 							  " EXISTS (SELECT FROM audit.audit_chain_block x WHERE x.kind = 'retention_archive'"
-							  "  AND x.height > b.height AND x.merkle_root = b.merkle_root AND x.row_count = b.row_count),"
+							  "  AND x.height > b.height AND x.merkle_root = b.merkle_root AND x.row_count = b.row_count"
+							  "  AND x.row_ids = b.row_ids AND x.partition_from = b.partition_from"
+							  "  AND x.partition_to = b.partition_to),"
 							  " b.row_ids, b.leaves"
 							  " FROM audit.audit_chain_block b LEFT JOIN audit.archive_storage a ON a.block_height = b.height"
 							  " WHERE b.kind = 'archive_rows' AND b.height >= $1"
@@ -1665,6 +1677,10 @@ check_archives(VerifyState *vs)
 				report(vs, height, 0, "archive", "missing",
 					   "the block's rows were archived, but their archive entry is gone and no later block expired it");
 		}
+		else if (expired)
+			report(vs, height, 0, "archive", "inserted",
+				   psprintf("archive entry %lld was expired by a retention_archive block but is still there",
+							(long long) archive_id));
 		else if (null_match || !DatumGetBool(match))
 			report(vs, height, 0, "archive", "modified",
 				   psprintf("archive entry %lld does not have its block's Merkle root and row count",

@@ -44,9 +44,38 @@ It then asserts that the tool, run as `sys.executable tools/audit_db_verify`:
     (rolled back afterwards) is the one problem, missing; a retention_rows
     block's ids edited (an id added, removed, replaced; also with leaf, root
     and header recomputed), its leaves, kind or rows_total edited, a
-    relocation line dropped, moved after the drop or forged to hide a
-    deleted row, and a removed row put back are reported; a proof whose
-    later headers include retention blocks verifies.
+    relocation line dropped, its chain_height raised to the drop's height
+    (rule 3 follows heights: the rows are missing, the drop's count is off)
+    or lowered below the block that sealed its rows, a relocation forged to
+    hide a deleted row, and a removed row put back are reported, while a
+    relocation's relocated_at_us (information only) may change; export
+    lines carry chain_height; a proof whose later headers include retention
+    blocks verifies;
+  - with archival (policy 'cold': retention 60, archive after 30, delete
+    after 100 days; another unused year; months 3 and 4 with partitions,
+    month 5 in the default partition; the test's session holds the
+    maintenance advisory lock so the worker's own runs stay off):
+    CALL audit.run_maintenance(June 20) until done deletes two rows of
+    month 3, archives three of month 3, three of month 4 and two relocated
+    rows of month 5 (one archive entry and archive_rows block each), drops
+    month 3 (count 0); audit.archive_plan(August 1) expires the entry of
+    month 3 only, and runs as of August 1 expire it (retention_archive),
+    archive the last row of month 5 and drop month 5. audit.verify() is
+    clean; the export lists each entry (archive line, then its rows as
+    archived_row lines in the block's order) and counts no retrieval;
+    (a) the export verifies with its digest and the tool counts the
+    archived rows as the database does (in entries, expired), also against
+    the digest of June 20, whose export verifies too; (b) an archived row
+    edited (also with its hash recomputed), dropped, swapped with another,
+    or put back into the log is reported; (c) an archive line and its rows
+    removed is the one problem, missing at its block (as an entry deleted
+    in the database is, for audit.verify() and the tool), while the expired
+    entry is not missing, and reported when put back; an archive line with
+    another root or naming a rows block, and a retention_archive block
+    listing other ids, are reported; (d) the relocation of month 5 with its
+    chain_height raised to the drop's height: the drop's count and the
+    archive blocks' partition are reported; a proof whose later headers
+    include archive blocks verifies.
 
 Connects through the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE)
 as a superuser (SET audit_db.seal_block_rows is PGC_SUSET) and creates the
@@ -234,6 +263,14 @@ def expect_fail(rc_out, must=()):
             problems.append("no PROBLEM line matches /%s/" % pattern)
     return (not problems, "\n".join(problems + ["output:"] + out.splitlines()[-15:])
             if problems else None)
+
+
+# Line types of export_chain() in their order (an archive entry's rows follow it).
+EXPORT_ORDER = {"block": 0, "relocation": 1, "archive": 2, "archived_row": 2, "row": 3}
+
+
+def in_export_order(types):
+    return types == sorted(types, key=EXPORT_ORDER.__getitem__)
 
 
 def rows_of(lines):
@@ -437,9 +474,11 @@ def main():
     # -- the chain as exported ------------------------------------------------
     sizes = [b["row_count"] for b in ours]
     kinds = [json.loads(x)["type"] for x in lines]
-    res.check(len(lines) == kinds.count("block") + kinds.count("relocation") + len(row_by_id)
-              and kinds == sorted(kinds, key=["block", "relocation", "row"].index),
-              "export_chain(): every block, then every relocation, then every row")
+    res.check(len(lines) == sum(kinds.count(k) for k in ("block", "relocation", "archive",
+                                                         "archived_row")) + len(row_by_id)
+              and in_export_order(kinds),
+              "export_chain(): every block, then every relocation, then every archive entry "
+              "with its rows, then every row")
     res.check(sorted(sizes) == sorted([7, 7, 5, 1, 3, 7, 2, 1]),
               "seal_block_rows = 7 gives blocks of 7, 7, 5, 1, 3 (run 1) and 7, 2, 1 (run 2)",
               "block sizes: %s" % sizes)
@@ -463,7 +502,9 @@ def main():
         res.run("as audit_db_auditor: digest, then export and a proof, verify",
                 lambda: auditor_round(conn, tool, unsealed_id))
         retention_checks(res, conn, tool, mod)
-        res.run("as audit_db_auditor after retention: digest, then export and a proof, verify",
+        archival_checks(res, conn, tool, mod)
+        res.run("as audit_db_auditor after retention and archival: digest, then export (with "
+                "archive entries) and a proof, verify",
                 lambda: auditor_round(conn, tool, unsealed_id))
     finally:
         for name in os.listdir(tmp):
@@ -863,14 +904,14 @@ def retention_checks(res, conn, tool, mod):
     lines = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
     types = [json.loads(x)["type"] for x in lines]
     first_row = types.index("row") if "row" in types else len(types)
-    res.check(types == sorted(types, key=["block", "relocation", "row"].index) and
-              "relocation" in types,
-              "export_chain(): every block, then every relocation, then every row")
+    res.check(in_export_order(types) and "relocation" in types,
+              "export_chain(): every block, then every relocation, then every archive entry "
+              "with its rows, then every row")
     rel_lines = [json.loads(x) for x in lines[:first_row] if json.loads(x)["type"] == "relocation"]
     res.check(all(set(o) == {"type", "relocation_id", "partition_from_us", "partition_to_us",
-                             "relocated_at_us", "row_ids"} for o in rel_lines),
+                             "relocated_at_us", "chain_height", "row_ids"} for o in rel_lines),
               "export_chain(): relocation lines carry relocation_id, partition_from_us, "
-              "partition_to_us, relocated_at_us and row_ids", rel_lines[:1])
+              "partition_to_us, relocated_at_us, chain_height and row_ids", rel_lines[:1])
     H = digest["height"]
     blocks = {b["height"]: b for b in blocks_of(lines)}
     rr4 = next(b for b in blocks.values() if b["kind"] == "retention_rows" and
@@ -1017,14 +1058,43 @@ def retention_checks(res, conn, tool, mod):
                 [r"block=%d modified: block %d dropped the partition" % (rp5["height"],
                                                                         rp5["height"])]))
 
+    sealed_at_height = max(b["height"] for b in blocks.values() if b["kind"] == "rows" and
+                           set(b["row_ids"]) & set(relocated_dropped))
+    res.check(sealed_at_height <= reloc5["chain_height"] < rp5["height"],
+              "retention (d): the relocation into month 5 records a chain height from the "
+              "blocks that sealed its rows to below the drop (block %d)" % rp5["height"],
+              "relocation %s" % reloc5)
+
+    def is_reloc5(o):
+        return o["type"] == "relocation" and o["relocation_id"] == reloc5["relocation_id"]
+
     def later(o):
+        o["chain_height"] = rp5["height"]
+        return o
+    res.run("retention (d): a relocation's chain_height raised to the drop's height %d -> its "
+            "rows are missing and block %d's count is off (rule 3 follows heights)"
+            % (rp5["height"], rp5["height"]),
+            lambda: expect_fail(tool.chain(replace_line(lines, is_reloc5, later), digest),
+                                ["block=%d row=%d missing" % (hd, i) for i in relocated_dropped] +
+                                [r"block=%d modified: block %d dropped the partition .* with "
+                                 r"row_count 3, but the chain puts 0 rows in it"
+                                 % (rp5["height"], rp5["height"])]))
+
+    def earlier(o):
+        o["chain_height"] = hd - 1
+        return o
+    res.run("retention (d): a relocation's chain_height lowered below the block that sealed its "
+            "rows -> reported",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_reloc5, earlier), digest),
+                                [r"block=%d row=%d modified: relocation %d \(chain_height %d\)"
+                                 % (hd, relocated_dropped[0], reloc5["relocation_id"], hd - 1)]))
+
+    def clock_later(o):
         o["relocated_at_us"] = rp5["sealed_at_us"] + 1
         return o
-    res.run("retention (d): ... and missing when relocated after the drop",
-            lambda: expect_fail(tool.chain(replace_line(
-                lines, lambda o: o["type"] == "relocation" and
-                o["relocation_id"] == reloc5["relocation_id"], later), digest),
-                ["block=%d row=%d missing" % (hd, i) for i in relocated_dropped]))
+    res.run("retention (d): a relocation's relocated_at_us moved after the drop changes nothing "
+            "(information only: the rules use chain_height)",
+            lambda: expect_ok(tool.chain(replace_line(lines, is_reloc5, clock_later), digest)))
 
     def add_relocated(o):
         o["row_ids"] = sorted(o["row_ids"] + [relocated_kept[0]])
@@ -1066,6 +1136,418 @@ def retention_checks(res, conn, tool, mod):
                                 [r"block=%d row=%d modified: block %d has kind"
                                  % (proof["block"]["height"], kept[1],
                                     proof["block"]["height"])]))
+
+
+
+# -- archival -----------------------------------------------------------------
+
+# The session advisory lock of audit.run_maintenance() (AUDIT_MAINTENANCE_LOCK_KEY
+# in src/maintenance.h). The test's session holds it through the archival
+# checks, so that the worker's own maintenance runs (as of the wall clock,
+# when these rows are long past deletion) stay off them; the test's CALLs
+# run in the same session, where the lock is re-entrant.
+MAINTENANCE_LOCK_KEY = 0x6175646974646244
+
+
+def archival_checks(res, conn, tool, mod):
+    """A chain with archival: policy 'cold' (archive after 30 days, delete
+    after 100) over rows of an unused year, two of its months with a
+    partition, one without (its rows relocated, then archived)."""
+    y = retention_year(conn)
+    info("archival checks in the months of %d" % y)
+    conn.execute("SELECT pg_advisory_lock(%s)", (MAINTENANCE_LOCK_KEY,))
+    try:
+        _archival_checks(res, conn, tool, mod, y)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK_KEY,))
+
+
+def archived_counts(out):
+    """(rows archived, rows in the export's entries, entries, rows of expired
+    entries) from the tool's output (None where absent)."""
+    m = re.search(r"(\d+) rows archived", out)
+    n = re.search(r"(\d+) in the export's (\d+) archive entr(?:y|ies) \(\d+ archived row "
+                  r"lines, each checked against its block\), (\d+) in entries that "
+                  r"retention_archive blocks expired", out)
+    return (int(m.group(1)) if m else None,) + \
+        (tuple(int(g) for g in n.groups()) if n else (0, 0, 0))
+
+
+def _archival_checks(res, conn, tool, mod, y):
+    conn.execute("INSERT INTO audit.audit_retention_policy (policy_name, retention_days, "
+                 "archive_after_days, delete_after_days) SELECT 'cold', 60, 30, 100 WHERE NOT "
+                 "EXISTS (SELECT FROM audit.audit_retention_policy WHERE policy_name = 'cold' "
+                 "AND data_classification IS NULL)")
+    for month in (3, 4):
+        conn.execute("SELECT audit.ensure_month_partition(%s)",
+                     ("%d-%02d-15 00:00:00+00" % (y, month),))
+
+    def log(month, days, policy="cold", tag=""):
+        ids = []
+        for d in days:
+            ev = dict(action="archive.%02d%s.%02d" % (month, tag, d), status="success",
+                      event_time="%d-%02d-%02d 08:00:00.123456+00" % (y, month, d),
+                      principal_id="user-%d" % d,
+                      details='{"month": %d, "day": %d, "note": "caf\\u00e9 \\"q\\" 1.50", '
+                              '"n": 1.50}' % (month, d))
+            if policy:
+                ev["retention_policy"] = policy
+            ids.append(log_event(conn, ev))
+        return ids
+    # As of AS_OF_1 (June 20): before March 12 deleted, from then to May 21
+    # archived, the rest kept. As of AS_OF_2 (August 1): archive entries whose
+    # rows all lie before April 23 expire, rows before July 2 are archived.
+    as_of_1 = "%d-06-20 00:00:00+00" % y
+    as_of_2 = "%d-08-01 00:00:00+00" % y
+    deleted = log(3, [5, 10])
+    archived3 = log(3, [15, 20, 25])        # their entry expires as of AS_OF_2
+    archived4 = log(4, [5, 15, 25])
+    kept4 = log(4, [20], policy=None, tag=".kept")
+    relocated = log(5, [5, 15])             # default partition: relocated, then archived
+    relocated_late = log(5, [25])           # ... archived as of AS_OF_2
+    in_default = conn.execute(
+        "SELECT count(*) FROM audit.audit_log a WHERE a.id = ANY (%s) AND a.tableoid = "
+        "(SELECT partition FROM audit.partition_bounds() WHERE is_default)",
+        (relocated + relocated_late,)).fetchone()[0]
+    res.check(in_default == 3, "archival: the rows of month 5 of %d are in the default partition"
+              % y, "%d of 3" % in_default)
+    seal_all(conn)
+
+    def bounds(month):
+        return ("%d-%02d-01 00:00:00+00" % (y, month),
+                "%d-%02d-01 00:00:00+00" % (y + (month == 12), month % 12 + 1))
+
+    def blocks_of_month(month):
+        return conn.execute(
+            "SELECT kind, row_count, row_ids, height FROM audit.audit_chain_block "
+            "WHERE kind <> 'rows' AND partition_from = %s AND partition_to = %s ORDER BY height",
+            bounds(month)).fetchall()
+
+    def run_until(as_of, done, runs=8):
+        for _ in range(runs):
+            conn.execute("CALL audit.run_maintenance(%s)", (as_of,))
+            if done():
+                return True
+        return False
+
+    def log_count(ids):
+        return conn.execute("SELECT count(*) FROM audit.audit_log WHERE id = ANY (%s)",
+                            (ids,)).fetchone()[0]
+    gone_1 = deleted + archived3 + archived4 + relocated
+    ok = run_until(as_of_1, lambda: log_count(gone_1) == 0 and "retention_partition" in
+                   [r[0] for r in blocks_of_month(3)])
+    height = conn.execute("SELECT height FROM audit.audit_chain_state").fetchone()[0]
+    conn.execute("CALL audit.run_maintenance(%s)", (as_of_1,))   # once more: nothing left to do
+    res.check(ok and log_count(kept4 + relocated_late) == 2 and height == conn.execute(
+                  "SELECT height FROM audit.audit_chain_state").fetchone()[0],
+              "archival: run_maintenance(%s) removed or archived the %d rows due, kept the 2 "
+              "others, dropped the emptied month 3; one more run does nothing"
+              % (as_of_1, len(gone_1)), "%d left" % log_count(gone_1))
+    # Month 3 holds nothing more by the chain's count: 5 sealed, 2 removed, 3 archived.
+    want = {3: [("retention_rows", 2, sorted(deleted)), ("archive_rows", 3, sorted(archived3)),
+                ("retention_partition", 0, [])],
+            4: [("archive_rows", 3, sorted(archived4))],
+            5: [("archive_rows", 2, sorted(relocated))]}
+    got = {m: [tuple(r[:3]) for r in blocks_of_month(m)] for m in want}
+    res.check(got == want, "archival: blocks retention_rows, archive_rows and "
+              "retention_partition (month 3, count 0), archive_rows (month 4, and month 5 of "
+              "relocated rows)", "blocks: %s" % got)
+    entries = conn.execute(
+        "SELECT a.block_height, array_agg((l->>'id')::bigint ORDER BY n) "
+        "FROM audit.archive_storage a, audit.archive_lines(a.archive_id, false) "
+        "WITH ORDINALITY AS x(l, n) "
+        "WHERE a.partition_from >= %s AND a.partition_from < %s GROUP BY 1 ORDER BY 1",
+        ("%d-01-01 00:00:00+00" % y, "%d-01-01 00:00:00+00" % (y + 1))).fetchall()
+    res.check([sorted(e[1]) for e in entries] == [sorted(archived3), sorted(archived4),
+                                                  sorted(relocated)],
+              "archival: one archive entry per archive_rows block", "entries: %s" % entries)
+    digest_1 = conn.execute("SELECT audit.digest()").fetchone()[0]
+    export_1 = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+
+    plan = conn.execute("SELECT a.block_height, p.action FROM audit.archive_plan(%s) p "
+                        "JOIN audit.archive_storage a USING (archive_id) "
+                        "WHERE a.partition_from >= %s AND a.partition_from < %s ORDER BY 1",
+                        (as_of_2, "%d-01-01 00:00:00+00" % y,
+                         "%d-01-01 00:00:00+00" % (y + 1))).fetchall()
+    res.check([p[1] for p in plan] == ["expire", "keep", "keep"],
+              "archival: audit.archive_plan(%s) expires the entry of month 3 only" % as_of_2,
+              "plan: %s" % plan)
+
+    def all_done_2():
+        kinds3 = [r[0] for r in blocks_of_month(3)]
+        kinds5 = [r[0] for r in blocks_of_month(5)]
+        return (log_count(relocated_late) == 0 and "retention_archive" in kinds3 and
+                "retention_partition" in kinds5)
+    ok = run_until(as_of_2, all_done_2)
+    res.check(ok, "archival: run_maintenance(%s) expired the entry of month 3, archived the last "
+              "row of month 5 and dropped month 5" % as_of_2,
+              "months 3, 5: %s, %s" % (blocks_of_month(3), blocks_of_month(5)))
+    want = {3: [("retention_rows", 2, sorted(deleted)), ("archive_rows", 3, sorted(archived3)),
+                ("retention_partition", 0, []), ("retention_archive", 3, sorted(archived3))],
+            4: [("archive_rows", 3, sorted(archived4))],
+            5: [("archive_rows", 2, sorted(relocated)), ("archive_rows", 1, relocated_late),
+                ("retention_partition", 0, [])]}
+    got = {m: [tuple(r[:3]) for r in blocks_of_month(m)] for m in want}
+    res.check(got == want, "archival: then retention_archive (month 3, after its partition was "
+              "dropped), archive_rows and retention_partition (month 5: 3 relocated, 3 "
+              "archived, count 0)", "blocks: %s" % got)
+    problems = conn.execute("SELECT block_height, row_id, problem, detail FROM audit.verify()"
+                            ).fetchall()
+    res.check(not problems, "archival: audit.verify() finds the chain intact",
+              "\n".join(str(p) for p in problems[:10]))
+
+    retrievals = conn.execute("SELECT coalesce(sum(retrieval_count), 0) FROM "
+                              "audit.archive_storage").fetchone()[0]
+    digest = conn.execute("SELECT audit.digest()").fetchone()[0]
+    lines = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+    res.check(conn.execute("SELECT coalesce(sum(retrieval_count), 0) FROM audit.archive_storage"
+                           ).fetchone()[0] == retrievals,
+              "archival: export_chain() does not count a retrieval of the archive entries")
+    objs = [json.loads(x) for x in lines]
+    H = digest["height"]
+    blocks = {o["height"]: o for o in objs if o["type"] == "block"}
+    by_kind = {}
+    for m in (3, 4, 5):
+        for kind, _, ids, height in blocks_of_month(m):
+            by_kind.setdefault((m, kind), []).append(blocks[height])
+    ar3, ra3 = by_kind[(3, "archive_rows")][0], by_kind[(3, "retention_archive")][0]
+    ar4 = by_kind[(4, "archive_rows")][0]
+    ar5, ar5_late = by_kind[(5, "archive_rows")]
+    rp5 = by_kind[(5, "retention_partition")][0]
+    archive_lines = {o["block_height"]: o for o in objs if o["type"] == "archive"}
+    types = [o["type"] for o in objs]
+
+    # The export's archive lines.
+    def structure():
+        problems = []
+        if not in_export_order(types):
+            problems.append("lines out of order")
+        row_keys = set(json.loads(next(x for x in lines if json.loads(x)["type"] == "row"))) \
+            if "row" in types else None
+        db = dict(conn.execute("SELECT archive_id, row_count FROM audit.archive_storage"
+                               ).fetchall())
+        for i, o in enumerate(objs):
+            if o["type"] != "archive":
+                continue
+            if set(o) != {"type", "archive_id", "block_height", "row_count", "merkle_root",
+                          "retention_policy", "data_classification"}:
+                problems.append("archive line keys %s" % sorted(o))
+            rows = objs[i + 1:i + 1 + o["row_count"]]
+            b = blocks.get(o["block_height"])
+            if [r["type"] for r in rows] != ["archived_row"] * o["row_count"] or \
+                    any(r["archive_id"] != o["archive_id"] for r in rows) or b is None or \
+                    [r["id"] for r in rows] != b["row_ids"] or \
+                    o["merkle_root"] != b["merkle_root"] or db.get(o["archive_id"]) != \
+                    o["row_count"]:
+                problems.append("archive %d: not followed by its block's rows" % o["archive_id"])
+            if row_keys and rows and set(rows[0]) != row_keys | {"archive_id"}:
+                problems.append("archived_row keys %s" % sorted(rows[0]))
+        if len(db) != types.count("archive"):
+            problems.append("%d entries, %d archive lines" % (len(db), types.count("archive")))
+        return not problems, "\n".join(problems)
+    res.run("archival: export_chain() writes each archive entry (archive_id, block_height, "
+            "row_count, merkle_root, retention_policy, data_classification) followed by its "
+            "rows as archived_row lines in the block's order", structure)
+    res.check(ar3["height"] not in archive_lines and
+              any(json.loads(x)["type"] == "archive" and
+                  json.loads(x)["block_height"] == ar3["height"] for x in export_1),
+              "archival: the expired entry of block %d was in the export of %s and is not in "
+              "the last one" % (ar3["height"], as_of_1))
+
+    # (a) The clean exports verify, archived rows counted.
+    db_archived = conn.execute("SELECT coalesce(sum(row_count), 0) FROM audit.audit_chain_block "
+                               "WHERE kind = 'archive_rows'").fetchone()[0]
+    db_in_archive, db_entries = conn.execute("SELECT coalesce(sum(row_count), 0), count(*) FROM "
+                                             "audit.archive_storage").fetchone()
+    db_expired = conn.execute("SELECT coalesce(sum(row_count), 0) FROM audit.audit_chain_block "
+                              "WHERE kind = 'retention_archive'").fetchone()[0]
+    ok = tool.chain(lines, digest)
+
+    def clean():
+        good, detail = expect_ok(ok, [r"^OK: .*extends the digest at height %d" % H,
+                                      r"^NOTE \d+ sealed rows are not in the log because "
+                                      r"archive_rows blocks moved them into the archive"])
+        counts = archived_counts(ok[1])
+        if good and counts != (db_archived, db_in_archive, db_entries, db_expired):
+            return False, "tool counts %s, database %s" % (
+                counts, (db_archived, db_in_archive, db_entries, db_expired))
+        return good, detail
+    res.run("archival (a): the export verifies with its digest, counting the %d archived rows "
+            "(%d in %d entries, %d expired)" % (db_archived, db_in_archive, db_entries,
+                                                db_expired), clean)
+    res.run("archival (a): ... and extends the digest taken as of %s, whose export verifies too"
+            % as_of_1,
+            lambda: (lambda r1, r2: (r1[0] and r2[0], r1[1] or r2[1]))(
+                expect_ok(tool.chain(lines, digest_1),
+                          [r"extends the digest at height %d" % digest_1["height"]]),
+                expect_ok(tool.chain(export_1, digest_1),
+                          [r"extends the digest at height %d" % digest_1["height"]])))
+    res.check(ok[0] == 0 and "block=%d " % ar3["height"] not in ok[1],
+              "archival (c): the entry of block %d, expired by retention_archive block %d, is "
+              "not missing" % (ar3["height"], ra3["height"]), ok[1][-600:])
+
+    def is_block(h):
+        return lambda o: o["type"] == "block" and o["height"] == h
+
+    def is_archived(i):
+        return lambda o: o["type"] == "archived_row" and o["id"] == i
+
+    def is_archive(h):
+        return lambda o: o["type"] == "archive" and o["block_height"] == h
+
+    def only(r, pattern):
+        good, detail = expect_fail(r, [pattern])
+        plines = [ln for ln in r[1].splitlines() if ln.startswith("PROBLEM")]
+        if good and len(plines) != 1:
+            return False, "expected one PROBLEM line:\n" + "\n".join(plines[:15])
+        return good, detail
+
+    # (b) Archived rows altered in the export.
+    h4, victim = ar4["height"], archived4[1]
+
+    def edit(o):
+        o["action"] = "archive.tampered"
+        return o
+    res.run("archival (b): an archived row's action edited -> block %d, row %d modified"
+            % (h4, victim),
+            lambda: only(tool.chain(replace_line(lines, is_archived(victim), edit), digest),
+                         r"block=%d row=%d modified: the leaf recomputed from archived row"
+                         % (h4, victim)))
+
+    def edit_with_hash(o):
+        o["outcome_description"] = "rewritten"
+        row = dict(o, type="row")
+        del row["archive_id"]
+        o["hash"] = mod.row_leaf(mod.parse_row(row)).hex()
+        return o
+    res.run("archival (b): ... also with its hash column recomputed",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_archived(victim),
+                                                        edit_with_hash), digest),
+                                [r"block=%d row=%d modified" % (h4, victim)]))
+    res.run("archival (b): an archived row dropped from its entry -> missing at block %d" % h4,
+            lambda: only(tool.chain(replace_line(lines, is_archived(victim), lambda o: None),
+                                    digest),
+                         r"block=%d row=%d missing: archive entry" % (h4, victim)))
+    i1 = next(i for i, o in enumerate(objs) if o["type"] == "archived_row" and
+              o["id"] == ar4["row_ids"][0])
+    swapped = lines[:i1] + [lines[i1 + 1], lines[i1]] + lines[i1 + 2:]
+    res.run("archival (b): two archived rows swapped -> reordered",
+            lambda: expect_fail(tool.chain(swapped, digest),
+                                [r"block=%d row=%d reordered" % (h4, ar4["row_ids"][0])]))
+    back = dict(next(o for o in objs if o["type"] == "archived_row" and o["id"] == victim),
+                type="row")
+    del back["archive_id"]
+    restored = [x for x in lines if json.loads(x)["type"] != "row"] + sorted(
+        [x for x in lines if json.loads(x)["type"] == "row"] + [dumps(back)],
+        key=lambda x: json.loads(x)["id"])
+    res.run("archival (b): an archived row also back in the log -> inserted",
+            lambda: only(tool.chain(restored, digest),
+                         r"block=%d row=%d inserted: row %d is in the export, but block %d "
+                         r"moved it into the archive" % (h4, victim, victim, h4)))
+
+    # (c) Archive entries missing, added, altered.
+    no_entry = [x for x in lines if not (
+        (json.loads(x)["type"] == "archive" and json.loads(x)["block_height"] == h4) or
+        (json.loads(x)["type"] == "archived_row" and
+         json.loads(x)["archive_id"] == archive_lines[h4]["archive_id"]))]
+    res.run("archival (c): the archive line of block %d and its rows removed -> missing at "
+            "block %d, the only problem" % (h4, h4),
+            lambda: only(tool.chain(no_entry, digest),
+                         r"block=%d missing: block %d archived 3 rows, but the export has no "
+                         r"archive entry" % (h4, h4)))
+    with conn.transaction(force_rollback=True):
+        conn.execute("ALTER TABLE audit.archive_storage DISABLE TRIGGER "
+                     "archive_storage_refuse_delete")
+        conn.execute("DELETE FROM audit.archive_storage WHERE block_height = %s", (h4,))
+        conn.execute("ALTER TABLE audit.archive_storage ENABLE ALWAYS TRIGGER "
+                     "archive_storage_refuse_delete")
+        tampered = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
+        server = conn.execute("SELECT block_height, problem FROM audit.verify()").fetchall()
+    res.check(server == [(h4, "missing")], "archival (c): an archive entry deleted in the "
+              "database -> audit.verify() reports it missing at block %d" % h4,
+              "verify: %s" % server)
+    res.run("archival (c): ... and so does the tool on that database's export",
+            lambda: only(tool.chain(tampered, digest),
+                         r"block=%d missing: block %d archived" % (h4, h4)))
+    old_entry = [x for x in export_1 if (json.loads(x)["type"] == "archive" and
+                                         json.loads(x)["block_height"] == ar3["height"]) or
+                 (json.loads(x)["type"] == "archived_row" and json.loads(x)["id"] in archived3)]
+    first_row = types.index("row") if "row" in types else len(lines)
+    put_back = lines[:first_row] + old_entry + lines[first_row:]
+    res.run("archival (c): the expired entry of block %d put back -> inserted" % ar3["height"],
+            lambda: only(tool.chain(put_back, digest),
+                         r"block=%d inserted: archive entry \d+ is in the export, but block %d "
+                         r"\(retention_archive\) expired it" % (ar3["height"], ra3["height"])))
+
+    def other_root(o):
+        o["merkle_root"] = ar5["merkle_root"]
+        return o
+    res.run("archival (c): an archive line with another block's merkle_root -> modified",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_archive(h4), other_root),
+                                           digest),
+                                [r"block=%d modified: archive entry \d+ has merkle_root" % h4]))
+    hrows = next(b["height"] for b in blocks.values() if b["kind"] == "rows" and
+                 set(b["row_ids"]) & set(archived4))
+
+    def other_block(o):
+        o["block_height"] = hrows
+        return o
+    res.run("archival (c): an archive line naming a rows block -> inserted, and block %d's "
+            "entry missing" % h4,
+            lambda: expect_fail(tool.chain(replace_line(lines, is_archive(h4), other_block),
+                                           digest),
+                                [r"block=%d inserted: archive entry \d+ names block %d, which "
+                                 r"is of kind \"rows\"" % (hrows, hrows),
+                                 r"block=%d missing" % h4]))
+
+    def other_ids(o):
+        o["row_ids"] = sorted(archived4)
+        return o
+    res.run("archival (c): retention_archive block %d listing other ids -> modified"
+            % ra3["height"],
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(ra3["height"]),
+                                                        other_ids), digest),
+                                [r"block=%d modified: block %d \(retention_archive\) lists "
+                                 r"other row ids" % (ra3["height"], ra3["height"])]))
+
+    def archive_kind(o):
+        o["kind"] = "rows"
+        return o
+    res.run("archival: an archive_rows block claiming kind rows -> reported",
+            lambda: expect_fail(tool.chain(replace_line(lines, is_block(h4), archive_kind),
+                                           digest),
+                                [r"block=%d modified" % h4]))
+
+    # (d) The relocation of month 5, whose rows were archived, then the
+    # partition dropped: its chain_height decides where its rows count.
+    reloc = next(o for o in objs if o["type"] == "relocation" and
+                 set(o["row_ids"]) == set(relocated + relocated_late))
+    res.check(reloc["chain_height"] < ar5["height"],
+              "archival (d): month 5's rows were relocated (chain height %d) before block %d "
+              "archived them" % (reloc["chain_height"], ar5["height"]))
+
+    def raise_height(o):
+        o["chain_height"] = rp5["height"]
+        return o
+    res.run("archival (d): the relocation's chain_height raised to the drop's height %d -> the "
+            "drop's count and the archive blocks' partition reported" % rp5["height"],
+            lambda: expect_fail(tool.chain(replace_line(
+                lines, lambda o: o["type"] == "relocation" and
+                o["relocation_id"] == reloc["relocation_id"], raise_height), digest),
+                [r"block=%d modified: block %d dropped the partition .* with row_count 0, but "
+                 r"the chain puts -3 rows in it" % (rp5["height"], rp5["height"]),
+                 r"block=%d row=%d modified: block %d took row %d out of the partition"
+                 % (ar5["height"], relocated[0], ar5["height"], relocated[0])]))
+
+    # Proofs: later headers of every kind.
+    proof = conn.execute("SELECT audit.prove(%s)", (kept4[0],)).fetchone()[0]
+    res.check({"archive_rows", "retention_archive"} <= {h["kind"] for h in
+                                                         proof["later_headers"]},
+              "archival: the proof of a kept row has archive_rows and retention_archive blocks "
+              "among its later headers")
+    res.run("archival: that proof verifies, also against the digest",
+            lambda: expect_ok(tool.proof(proof, digest),
+                              [r"passes through the given digest at height %d" % H]))
 
 
 if __name__ == "__main__":
