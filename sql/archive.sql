@@ -31,7 +31,7 @@ CREATE TEMP TABLE original AS SELECT * FROM audit.audit_log;
 
 -- As of 2024-06-20: before 2024-03-12 expired (deleted), from then to
 -- 2024-05-21 archived, the rest stays. The first run counts the partitions'
--- rows, then removes; emptied partitions are dropped by the next run.
+-- rows, then removes; the partitions it emptied are dropped by the next run.
 CALL audit.run_maintenance('2024-06-20');
 SELECT r->>'partition' AS partition, r->>'action' AS action, (r->>'rows')::int AS deleted,
        (r->>'archived')::int AS archived

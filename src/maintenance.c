@@ -279,7 +279,12 @@ step_retention_enforce(MaintenanceRun *run, void *arg)
 	appendStringInfoString(&buf, ", \"range_from\": ");
 	append_json_timestamp(&buf, t->from);
 	appendStringInfo(&buf, ", \"action\": \"%s\", \"rows\": " INT64_FORMAT ", \"archived\": " INT64_FORMAT,
-					 t->drop ? "drop" : "remove", t->rows_removed, t->rows_archived);
+					 t->skipped ? "skip" : t->drop ? "drop" : "remove", t->rows_removed, t->rows_archived);
+	if (t->skipped)
+	{
+		appendStringInfoString(&buf, ", \"reason\": ");
+		escape_json(&buf, t->skipped);
+	}
 	if (!t->drop)
 	{
 		appendStringInfoString(&buf, ", \"groups\": [");

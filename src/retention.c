@@ -238,11 +238,47 @@ seal_removal(AuditChainHead *head, const char *kind, const AuditRetentionTarget 
 }
 
 /*
+ * has_unsealed_rows
+ *		Does the partition hold rows at or above the sealed horizon?  (A
+ *		transaction-id range probe through the BRIN index.)
+ */
+static bool
+has_unsealed_rows(const char *qualified, int64 horizon)
+{
+	int			save_nestlevel = audit_plan_transaction_range_scans();
+	bool		isnull;
+	bool		found;
+
+	retention_sql(psprintf("SELECT EXISTS (SELECT FROM ONLY %s WHERE transaction_id >= $1)", qualified),
+				  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(horizon)}, SPI_OK_SELECT);
+	found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	AtEOXact_GUC(true, save_nestlevel);
+	return found;
+}
+
+/* The sealed horizon, read without locking the chain head. */
+static int64
+sealed_horizon(void)
+{
+	bool		isnull;
+
+	retention_sql("SELECT horizon_xid FROM audit.audit_chain_state", 0, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit.audit_chain_state must hold exactly one row"),
+				 errhint("Run audit.verify() and restore the extension's state from a backup.")));
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * drop_partition
  *		Drop a partition whose every row expired.  Under the parent's
  *		ACCESS EXCLUSIVE lock (nothing is inserted meanwhile), checks that
  *		the partition is unchanged since it was planned and that all its
- *		rows are sealed.
+ *		rows are sealed.  When it is not (rows arrived, or are not sealed
+ *		yet: a normal race under load), it is left for a later run and
+ *		target->skipped says why; no error.
  */
 static void
 drop_partition(AuditRetentionTarget *target, TimestampTz as_of)
@@ -252,14 +288,20 @@ drop_partition(AuditRetentionTarget *target, TimestampTz as_of)
 	AuditChainHead head;
 	int64		nrows;
 	bool		isnull;
-	int			save_nestlevel;
+
+	/* Cheap check first, so a partition waiting for the sealer costs no lock. */
+	if (has_unsealed_rows(qualified, sealed_horizon()))
+	{
+		target->skipped = "rows not sealed yet";
+		return;
+	}
 
 	retention_sql("LOCK TABLE ONLY audit.audit_log IN ACCESS EXCLUSIVE MODE", 0, NULL, NULL, SPI_OK_UTILITY);
 	if (!partition_still_there(target))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("partition %s changed while retention planned to drop it", target->name),
-				 errhint("The next maintenance run plans again.")));
+	{
+		target->skipped = "partition changed since planned";
+		return;
+	}
 
 	/* Still every row expired, with an up-to-date summary? */
 	retention_sql("SELECT bool_and(action = 'drop') FROM audit.retention_plan($1) WHERE partition = $2",
@@ -267,22 +309,17 @@ drop_partition(AuditRetentionTarget *target, TimestampTz as_of)
 				  (Datum[]) {TimestampTzGetDatum(as_of), ObjectIdGetDatum(target->relid)}, SPI_OK_SELECT);
 	if (SPI_processed != 1 || !DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) ||
 		isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("partition %s received rows since retention planned to drop it", target->name),
-				 errhint("The next maintenance run counts its rows again.")));
+	{
+		target->skipped = "rows arrived since planned";
+		return;
+	}
 
 	audit_lock_chain_head(&head);
-
-	save_nestlevel = audit_plan_transaction_range_scans();
-	retention_sql(psprintf("SELECT EXISTS (SELECT FROM ONLY %s WHERE transaction_id >= $1)", qualified),
-				  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(head.horizon_xid)}, SPI_OK_SELECT);
-	AtEOXact_GUC(true, save_nestlevel);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("partition %s holds rows that are not sealed yet", target->name),
-				 errhint("Retention drops it once the sealer has sealed them; see audit.chain_status.")));
+	if (has_unsealed_rows(qualified, head.horizon_xid))
+	{
+		target->skipped = "rows not sealed yet";
+		return;
+	}
 
 	nrows = rows_in_partition_by_chain(target->from, target->to);
 	retention_sql(psprintf("DROP TABLE %s", qualified), 0, NULL, NULL, SPI_OK_UTILITY);
@@ -499,7 +536,6 @@ remove_expired_rows(AuditRetentionTarget *target)
 	int64		horizon;
 	AuditChainHead head;
 	ListCell   *lc;
-	bool		isnull;
 
 	if (!partition_still_there(target))
 		ereport(ERROR,
@@ -508,13 +544,7 @@ remove_expired_rows(AuditRetentionTarget *target)
 				 errhint("The next maintenance run plans again.")));
 
 	/* Only sealed rows go: those below the sealed horizon (it only grows). */
-	retention_sql("SELECT horizon_xid FROM audit.audit_chain_state", 0, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("audit.audit_chain_state must hold exactly one row"),
-				 errhint("Run audit.verify() and restore the extension's state from a backup.")));
-	horizon = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	horizon = sealed_horizon();
 
 	rm->archived = MemoryContextAllocZero(cxt, sizeof(AuditArchivedRow *) * Max(ngroups, 1));
 	rm->narchived = MemoryContextAllocZero(cxt, sizeof(int64) * Max(ngroups, 1));
@@ -549,7 +579,18 @@ remove_expired_rows(AuditRetentionTarget *target)
 		}
 		audit_move_chain_head(&head);
 	}
-	forget_summary(target);
+	foreach(lc, target->groups)
+	{
+		AuditRetentionGroup *g = (AuditRetentionGroup *) lfirst(lc);
+
+		retention_sql("SELECT audit.retention_summary_removed($1, $2, $3, $4, $5)", 5,
+					  (Oid[]) {OIDOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID},
+					  (Datum[]) {ObjectIdGetDatum(target->relid), CStringGetTextDatum(g->retention_policy),
+						  CStringGetTextDatum(g->data_classification),
+						  Int64GetDatum(g->rows_removed + g->rows_archived),
+					  TimestampTzGetDatum(g->archive ? g->archive_cutoff : g->cutoff)},
+					  SPI_OK_SELECT);
+	}
 	MemoryContextDelete(cxt);
 }
 

@@ -43,6 +43,7 @@ typedef struct AuditRetentionTarget
 	List	   *groups;			/* AuditRetentionGroup *: delete / archive these (when not dropping) */
 	int64		rows_removed;	/* filled in by audit_retention_enforce: deleted or dropped */
 	int64		rows_archived;	/* ... and archived */
+	const char *skipped;		/* set when a drop was left for a later run: why */
 } AuditRetentionTarget;
 
 /*

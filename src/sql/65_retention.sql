@@ -38,15 +38,18 @@ COMMENT ON TABLE audit.audit_retention_policy IS
 SELECT pg_catalog.pg_extension_config_dump('audit.audit_retention_policy', '');
 
 -- What each partition holds, per (retention_policy, data_classification):
--- computed from the partition's sealed rows once, when the partition first
--- may hold expired rows, and again only after the sealer added rows to it or
--- retention removed some. Planning retention reads only this (metadata).
+-- counted from the partition's sealed rows once, when the partition first
+-- may hold expired rows; afterwards only the rows sealed since are added (a
+-- transaction-id range scan through the BRIN index), and retention subtracts
+-- what it removes. Planning retention reads only this (metadata).
 CREATE TABLE audit.retention_summary (
   partition_oid     oid         PRIMARY KEY,
   range_from        timestamptz NOT NULL,
   range_to          timestamptz NOT NULL,
-  -- Chain height when summarised: every row sealed up to it is counted.
+  -- Chain height and sealed horizon when summarised: every row sealed up to
+  -- that height (every committed row below that transaction id) is counted.
   summarized_height bigint      NOT NULL,
+  summarized_xid    bigint      NOT NULL,
   summarized_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
   -- [{"retention_policy", "data_classification", "rows", "min", "max"}]
   groups            jsonb       NOT NULL
@@ -137,7 +140,8 @@ COMMENT ON FUNCTION audit.retention_plan(timestamptz) IS
   'delete (rows before cutoff) / archive (rows from cutoff to archive_cutoff move to audit.archive_storage) / '
   'archive+delete / drop (every row expired) / summarize (summary missing or stale)';
 
--- Summarise one partition's sealed rows (called by maintenance).
+-- Summarise one partition's sealed rows (called by maintenance): the first
+-- time all of them, later only those sealed since, merged in.
 CREATE FUNCTION audit.refresh_retention_summary(part regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -146,6 +150,8 @@ DECLARE
   b record;
   h bigint;
   horizon bigint;
+  since bigint := 0;
+  prior jsonb := '[]';
   g jsonb;
 BEGIN
   SELECT * INTO b FROM audit.partition_bounds() pb WHERE pb.partition = part AND NOT pb.is_default;
@@ -154,26 +160,66 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value', HINT = 'See audit.partitions.';
   END IF;
   SELECT s.height, s.horizon_xid INTO h, horizon FROM audit.audit_chain_state s;
+  SELECT s.summarized_xid, s.groups INTO since, prior FROM audit.retention_summary s WHERE s.partition_oid = part;
+  IF NOT FOUND THEN
+    since := 0;
+    prior := '[]';
+  END IF;
+  -- Rows of transactions in [since, horizon): sealed since the last count.
   EXECUTE format('SELECT coalesce(jsonb_agg(jsonb_build_object(''retention_policy'', retention_policy,'
-                 ' ''data_classification'', data_classification, ''rows'', n, ''min'', lo, ''max'', hi)'
-                 ' ORDER BY retention_policy, data_classification), ''[]'')'
+                 ' ''data_classification'', data_classification, ''rows'', n, ''min'', lo, ''max'', hi)), ''[]'')'
                  ' FROM (SELECT retention_policy, data_classification::text AS data_classification,'
                  ' count(*) AS n, min("timestamp") AS lo, max("timestamp") AS hi'
-                 ' FROM ONLY %s WHERE transaction_id < $1 GROUP BY 1, 2) g', part)
-    INTO g USING horizon;
-  INSERT INTO audit.retention_summary AS s (partition_oid, range_from, range_to, summarized_height, groups)
-  VALUES (part, b.range_from, b.range_to, h, g)
+                 ' FROM ONLY %s WHERE transaction_id >= $2 AND transaction_id < $1 GROUP BY 1, 2) g', part)
+    INTO g USING horizon, since;
+  SELECT coalesce(jsonb_agg(jsonb_build_object('retention_policy', x.p, 'data_classification', x.c,
+                                               'rows', x.n, 'min', x.lo, 'max', x.hi) ORDER BY x.p, x.c), '[]')
+    INTO g
+  FROM (SELECT r.retention_policy AS p, r.data_classification AS c, sum(r."rows") AS n,
+               min(r."min") AS lo, max(r."max") AS hi
+        FROM jsonb_to_recordset(prior || g) AS r(retention_policy text, data_classification text, "rows" bigint,
+                                                "min" timestamptz, "max" timestamptz)
+        GROUP BY 1, 2) x;
+  INSERT INTO audit.retention_summary AS s (partition_oid, range_from, range_to, summarized_height,
+                                            summarized_xid, groups)
+  VALUES (part, b.range_from, b.range_to, h, horizon, g)
   ON CONFLICT (partition_oid) DO UPDATE
     SET range_from = excluded.range_from, range_to = excluded.range_to,
-        summarized_height = excluded.summarized_height, summarized_at = clock_timestamp(),
-        groups = excluded.groups;
+        summarized_height = excluded.summarized_height, summarized_xid = excluded.summarized_xid,
+        summarized_at = clock_timestamp(), groups = excluded.groups;
   -- Summaries of partitions that are gone.
   DELETE FROM audit.retention_summary s
   WHERE NOT EXISTS (SELECT FROM audit.partition_bounds() pb WHERE pb.partition::oid = s.partition_oid);
 END
 $$;
 COMMENT ON FUNCTION audit.refresh_retention_summary(regclass) IS
-  'Recount one partition''s sealed rows per retention policy and classification (audit.retention_summary)';
+  'Count one partition''s sealed rows per retention policy and classification into audit.retention_summary '
+  '(all of them the first time, then only those sealed since)';
+
+-- Retention removed `removed` rows of one group of a partition, keeping none
+-- older than kept_from: subtract them from the summary (called by maintenance).
+CREATE FUNCTION audit.retention_summary_removed(part regclass, policy text, classification text,
+                                                removed bigint, kept_from timestamptz) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE audit.retention_summary s SET groups = (
+    SELECT coalesce(jsonb_agg(jsonb_build_object('retention_policy', x.retention_policy,
+                                                 'data_classification', x.data_classification,
+                                                 'rows', x.n, 'min', x.lo, 'max', x."max")
+                              ORDER BY x.retention_policy, x.data_classification), '[]')
+    FROM (SELECT r.retention_policy, r.data_classification, r."max",
+                 CASE WHEN r.retention_policy = policy AND r.data_classification = classification
+                      THEN r."rows" - removed ELSE r."rows" END AS n,
+                 CASE WHEN r.retention_policy = policy AND r.data_classification = classification
+                      THEN greatest(r."min", kept_from) ELSE r."min" END AS lo
+          FROM jsonb_to_recordset(s.groups) AS r(retention_policy text, data_classification text, "rows" bigint,
+                                                 "min" timestamptz, "max" timestamptz)) x
+    WHERE x.n > 0)
+  WHERE s.partition_oid = part
+$$;
+COMMENT ON FUNCTION audit.retention_summary_removed(regclass, text, text, bigint, timestamptz) IS
+  'Subtract rows retention removed from one (policy, classification) group of a partition''s summary';
 
 CREATE VIEW audit.partitions AS
 SELECT b.partition,
