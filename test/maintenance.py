@@ -36,7 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, seal_all, set_setting, wait_for, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -52,23 +52,8 @@ def connect(dbname=None, **kw):
     return psycopg.connect(**args)
 
 
-def wait_for(fn, limit, step=0.2):
-    """Poll fn() until true or limit seconds pass; return (result, seconds)."""
-    start = time.monotonic()
-    while True:
-        v = fn()
-        if v or time.monotonic() - start > limit:
-            return v, time.monotonic() - start
-        time.sleep(step)
 
 
-def set_interval(admin, value):
-    if value is None:
-        admin.execute("ALTER SYSTEM RESET audit_db.maintenance_interval")
-    else:
-        admin.execute(sql.SQL("ALTER SYSTEM SET audit_db.maintenance_interval = {}").format(sql.Literal(value)))
-    admin.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
 
 
 def last_premade(conn):
@@ -86,12 +71,6 @@ def worker_runs(conn):
     return conn.execute("SELECT count(*) FROM audit.maintenance_run WHERE via = 'worker'").fetchone()[0]
 
 
-def seal_all(conn, limit=30):
-    def done():
-        conn.execute("SELECT audit.seal()")
-        return conn.execute("SELECT NOT EXISTS (SELECT FROM audit.audit_log WHERE transaction_id >="
-                            " (SELECT horizon_xid FROM audit.audit_chain_state))").fetchone()[0]
-    return wait_for(done, limit)[0]
 
 
 def main():
@@ -105,7 +84,7 @@ def main():
     conn2 = connect(other)
     conn2.execute("CREATE EXTENSION audit_db")
     try:
-        set_interval(admin, "1s")
+        set_setting(admin, 'audit_db.maintenance_interval', "1s")
 
         # 1. A dropped premade partition comes back by itself.
         name, month = last_premade(admin)
@@ -142,14 +121,14 @@ def main():
                   "sealed=%s problems=%s blocks of 2019-07=%s" % (sealed, problems, in_block))
 
         # 3. SIGHUP changes the interval.
-        set_interval(admin, "0")
+        set_setting(admin, 'audit_db.maintenance_interval', "0")
         time.sleep(1.5)
         before = worker_runs(admin)
         time.sleep(4)
         after = worker_runs(admin)
         res.check(after == before, "3a: maintenance_interval = 0 stops the worker's runs",
                   "runs went from %d to %d" % (before, after))
-        set_interval(admin, "1s")
+        set_setting(admin, 'audit_db.maintenance_interval', "1s")
         ok, secs = wait_for(lambda: worker_runs(admin) >= after + 2, 10)
         res.check(ok, "3b: maintenance_interval = 1s brings them back (%.1f s)" % secs)
 
@@ -180,7 +159,7 @@ def main():
         res.check(ok, "4d: once the stray table is gone, %s gets its partition back" % other)
 
         # 5. A second caller returns at once.
-        set_interval(admin, "0")
+        set_setting(admin, 'audit_db.maintenance_interval', "0")
         time.sleep(1.5)
         locker = connect()
         locker.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
@@ -217,7 +196,7 @@ def main():
         res.check(has_month(admin, month), "6b: the next run creates %s" % name)
         caller.close()
     finally:
-        set_interval(admin, None)
+        set_setting(admin, 'audit_db.maintenance_interval', None)
         conn2.close()
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
         info("audit_db.maintenance_interval reset")

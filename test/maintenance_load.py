@@ -104,7 +104,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, wait_worker_maintenance, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, q1, seal_all, set_setting, wait_for, wait_worker_maintenance, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -174,34 +174,12 @@ def connect(**kw):
     return psycopg.connect(**args)
 
 
-def q1(conn, query, params=None):
-    row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
 
 
-def wait_for(fn, limit, step=0.2):
-    start = time.monotonic()
-    while True:
-        v = fn()
-        if v or time.monotonic() - start > limit:
-            return v, time.monotonic() - start
-        time.sleep(step)
 
 
-def set_interval(conn, value):
-    if value is None:
-        conn.execute("ALTER SYSTEM RESET audit_db.maintenance_interval")
-    else:
-        conn.execute(sql.SQL("ALTER SYSTEM SET audit_db.maintenance_interval = {}").format(sql.Literal(value)))
-    conn.execute("SELECT pg_reload_conf()")
 
 
-def seal_all(conn, limit=60):
-    def done():
-        conn.execute("SELECT * FROM audit.seal()")
-        return q1(conn, "SELECT count(*) = 0 FROM audit.audit_log WHERE transaction_id >="
-                        " (SELECT horizon_xid FROM audit.audit_chain_state)")
-    return wait_for(done, limit, 0.1)[0]
 
 
 def month_start(now, back):
@@ -507,7 +485,7 @@ def point(res, admin, variant, script, work, rnd, now, feed_cycle, meter):
     feeder = None
     if variant == "audit":
         time.sleep(1.0)
-        set_interval(admin, "1s")
+        set_setting(admin, 'audit_db.maintenance_interval', "1s")
         feeder = Feeder(now, feed_cycle)
         feeder.start()
     try:
@@ -516,7 +494,7 @@ def point(res, admin, variant, script, work, rnd, now, feed_cycle, meter):
         if feeder:
             feeder.stop.set()
         if variant == "audit":
-            set_interval(admin, None)
+            set_setting(admin, 'audit_db.maintenance_interval', None)
     t1 = time.time()
     cpu1 = meter.sample()
     wcpu1 = meter.process(worker_pid)
@@ -890,7 +868,7 @@ def main():
         res.check(False, "the test ran to its end", "%s: %s" % (type(e).__name__, e))
     finally:
         try:
-            set_interval(admin, None)
+            set_setting(admin, 'audit_db.maintenance_interval', None)
             info("audit_db.maintenance_interval reset")
         except Exception as e:  # noqa: BLE001
             info("could not reset audit_db.maintenance_interval: %s" % e)

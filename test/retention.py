@@ -74,7 +74,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, q, q1, seal_all, set_setting, wait_for, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -117,23 +117,10 @@ def connect(**kw):
     return psycopg.connect(**args)
 
 
-def q(conn, query, params=None):
-    return conn.execute(query, params).fetchall()
 
 
-def q1(conn, query, params=None):
-    row = conn.execute(query, params).fetchone()
-    return None if row is None else row[0]
 
 
-def wait_for(fn, limit, step=0.2):
-    """Poll fn() until true or limit seconds pass; return (result, seconds)."""
-    start = time.monotonic()
-    while True:
-        v = fn()
-        if v or time.monotonic() - start > limit:
-            return v, time.monotonic() - start
-        time.sleep(step)
 
 
 def sqlstate_of(conn, query, params=None):
@@ -146,13 +133,6 @@ def sqlstate_of(conn, query, params=None):
     return None
 
 
-def set_interval(conn, value):
-    if value is None:
-        conn.execute("ALTER SYSTEM RESET audit_db.maintenance_interval")
-    else:
-        conn.execute(sql.SQL("ALTER SYSTEM SET audit_db.maintenance_interval = {}").format(sql.Literal(value)))
-    conn.execute("SELECT pg_reload_conf()")
-    time.sleep(1.0)     # the postmaster signals the workers; let them reload
 
 
 def fresh(conn):
@@ -165,11 +145,6 @@ def unsealed(conn):
                     " (SELECT horizon_xid FROM audit.audit_chain_state)")
 
 
-def seal_all(conn, limit=60):
-    def done():
-        conn.execute("SELECT * FROM audit.seal()")
-        return unsealed(conn) == 0
-    return wait_for(done, limit)[0]
 
 
 def verify_rows(conn):
@@ -541,7 +516,7 @@ def check_worker(res, conn):
     res.check(worker_before == 0, "3: with maintenance_interval = 0 the worker ran no maintenance yet",
               "worker runs: %s" % worker_before)
     try:
-        set_interval(conn, "1")
+        set_setting(conn, 'audit_db.maintenance_interval', "1", settle=1.0)
 
         def done():
             present = {r[0] for r in q(conn, "SELECT id FROM audit.audit_log WHERE id = ANY(%s)", (ids,))}
@@ -570,7 +545,7 @@ def check_worker(res, conn):
                       len(gone), ", ".join("%s %s: %d" % (b[0], b[1].date(), b[2]) for b in blocks)),
                   "blocks: %s" % blocks)
     finally:
-        set_interval(conn, "0")
+        set_setting(conn, 'audit_db.maintenance_interval', "0", settle=1.0)
 
 
 def time_call(conn):
@@ -685,14 +660,14 @@ def main():
                      "audit_db is in shared_preload_libraries", "it is %r" % preload):
         return res.finish("retention")
     try:
-        set_interval(conn, "0")     # no maintenance run but ours (the worker's use the wall clock)
+        set_setting(conn, 'audit_db.maintenance_interval', "0", settle=1.0)     # no maintenance run but ours (the worker's use the wall clock)
         for name, fn in (("1-2", check_acceptance), ("1b", lambda r, c: check_timezone(r, c, "America/New_York")),
                          ("3", check_worker), ("4", check_big), ("5", check_errors)):
             t0 = time.monotonic()
             res.run("%s: ran to the end" % name, lambda: (fn(res, conn), (True, None))[1])
             info("check %s took %.1f s" % (name, time.monotonic() - t0))
     finally:
-        set_interval(conn, None)
+        set_setting(conn, 'audit_db.maintenance_interval', None, settle=1.0)
         info("audit_db.maintenance_interval reset")
         conn.close()
     return res.finish("retention")

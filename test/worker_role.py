@@ -21,10 +21,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, set_setting, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
-from psycopg import sql  # noqa: E402
 
 LOGIN_ROLE = "audit_db_test_worker_login"
 NOLOGIN_ROLE = "audit_db_test_worker_nologin"
@@ -55,13 +54,6 @@ def sealed_soon(conn, timeout=20.0):
     return False
 
 
-def set_role(conn, value):
-    if value is None:
-        conn.execute("ALTER SYSTEM RESET audit_db.worker_role")
-    else:
-        conn.execute(sql.SQL("ALTER SYSTEM SET audit_db.worker_role = {}").format(sql.Literal(value)))
-    conn.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
 
 
 def recreate_extension(conn, old_pid):
@@ -94,19 +86,19 @@ def main():
         res.check(user == bootstrap, "1: by default the worker connects as the bootstrap superuser (%s)" % bootstrap,
                   "worker %s connects as %s" % (pid, user))
 
-        set_role(conn, LOGIN_ROLE)
+        set_setting(conn, 'audit_db.worker_role', LOGIN_ROLE)
         pid2, user2 = recreate_extension(conn, pid)
         res.check(user2 == LOGIN_ROLE, "2: with audit_db.worker_role = %s, a new worker connects as it" % LOGIN_ROLE,
                   "worker %s connects as %s" % (pid2, user2))
         res.check(sealed_soon(conn), "2: and seals a new row")
 
-        set_role(conn, NOLOGIN_ROLE)
+        set_setting(conn, 'audit_db.worker_role', NOLOGIN_ROLE)
         pid3, user3 = recreate_extension(conn, pid2)
         res.check(user3 == bootstrap, "3: a NOLOGIN role is refused: the worker falls back to %s" % bootstrap,
                   "worker %s connects as %s" % (pid3, user3))
         res.check(sealed_soon(conn), "3: and seals a new row")
 
-        set_role(conn, "audit_db_test_no_such_role")
+        set_setting(conn, 'audit_db.worker_role', "audit_db_test_no_such_role")
         pid4, user4 = recreate_extension(conn, pid3)
         res.check(user4 == bootstrap, "4: a role that does not exist: the worker falls back to %s" % bootstrap,
                   "worker %s connects as %s" % (pid4, user4))
@@ -114,7 +106,7 @@ def main():
     except Exception as e:  # noqa: BLE001 - report, clean up
         res.check(False, "the test ran to its end", "%s: %s" % (type(e).__name__, e))
     finally:
-        set_role(conn, None)
+        set_setting(conn, 'audit_db.worker_role', None)
         conn.execute("DROP EXTENSION IF EXISTS audit_db CASCADE")
         time.sleep(1.0)
         for role in (LOGIN_ROLE, NOLOGIN_ROLE):

@@ -86,3 +86,47 @@ def wait_worker_maintenance(conn, timeout=20.0):
                 return False
         time.sleep(0.05)
     raise RuntimeError("the audit_db worker's first maintenance run did not finish in %.0f s" % timeout)
+
+
+def q(conn, query, params=None):
+    """All rows of a query."""
+    return conn.execute(query, params).fetchall()
+
+
+def q1(conn, query, params=None):
+    """The first column of the first row of a query (None without rows)."""
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def wait_for(fn, limit, step=0.2):
+    """Poll fn() until true or limit seconds pass; return (result, seconds)."""
+    import time
+    start = time.monotonic()
+    while True:
+        v = fn()
+        if v or time.monotonic() - start > limit:
+            return v, time.monotonic() - start
+        time.sleep(step)
+
+
+def seal_all(conn, limit=60, step=0.1):
+    """audit.seal() until no committed row is left above the sealed horizon; whether it got there."""
+    def done():
+        conn.execute("SELECT * FROM audit.seal()")
+        return q1(conn, "SELECT NOT EXISTS (SELECT FROM audit.audit_log WHERE transaction_id >="
+                        " (SELECT horizon_xid FROM audit.audit_chain_state))")
+    return wait_for(done, limit, step)[0]
+
+
+def set_setting(conn, name, value, settle=0.5):
+    """ALTER SYSTEM SET name = value (RESET when value is None), reload, and let the workers reload."""
+    import time
+    from psycopg import sql
+    if value is None:
+        conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(*name.split("."))))
+    else:
+        conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(*name.split(".")),
+                                                                sql.Literal(value)))
+    conn.execute("SELECT pg_reload_conf()")
+    time.sleep(settle)
