@@ -188,6 +188,38 @@ rows_in_partition_by_chain(TimestampTz from, TimestampTz to)
 }
 
 /*
+ * append_removal_block
+ *		Append one block of a removal (retention or archival) of n rows of
+ *		the target partition (ids and leaves; none for a dropped partition,
+ *		whose row_count is given), advance *head, and return the block's
+ *		Merkle root in root.
+ */
+static void
+append_removal_block(AuditChainHead *head, const char *kind, const AuditRetentionTarget *target,
+					 const Datum *ids, const uint8 *leaves, int n, int64 row_count, TimestampTz now,
+					 uint8 root[AUDIT_HASH_LEN])
+{
+	AuditBlockHeader h;
+	uint8		header_hash[AUDIT_HASH_LEN];
+
+	memset(&h, 0, sizeof(h));
+	h.height = head->height + 1;
+	memcpy(h.prev_hash, head->head_hash, AUDIT_HASH_LEN);
+	h.kind = kind;
+	h.in_default_partition = false;
+	h.partition_from = target->from;
+	h.partition_to = target->to;
+	h.xid_from = h.xid_to = head->horizon_xid;	/* seals no new transaction */
+	h.row_count = row_count;
+	h.rows_total = head->rows_total;	/* counts rows sealed, ever */
+	h.sealed_at = now;
+	audit_append_block(&h, ids, leaves, n, header_hash);
+	head->height = h.height;
+	memcpy(head->head_hash, header_hash, AUDIT_HASH_LEN);
+	memcpy(root, h.merkle_root, AUDIT_HASH_LEN);
+}
+
+/*
  * seal_removal
  *		Append retention blocks for one removal and move the chain head.
  *		For a dropped partition (kind retention_partition): one block
@@ -201,14 +233,13 @@ seal_removal(AuditChainHead *head, const char *kind, const AuditRetentionTarget 
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int64		done = 0;
-	uint8		header_hash[AUDIT_HASH_LEN];
+	uint8		root[AUDIT_HASH_LEN];
 	int			chunk_max = Max(audit_seal_block_rows, 1);
 	Datum	   *ids = palloc(sizeof(Datum) * Min(Max(nrows, 1), chunk_max));
 	uint8	   *leaves = palloc((Size) AUDIT_HASH_LEN * Min(Max(nrows, 1), chunk_max));
 
 	do
 	{
-		AuditBlockHeader h;
 		int			n = (int) Min(nrows - done, (int64) chunk_max);
 
 		for (int i = 0; i < n; i++)
@@ -216,20 +247,7 @@ seal_removal(AuditChainHead *head, const char *kind, const AuditRetentionTarget 
 			ids[i] = Int64GetDatum(rows[done + i].id);
 			memcpy(leaves + (Size) i * AUDIT_HASH_LEN, rows[done + i].leaf, AUDIT_HASH_LEN);
 		}
-		memset(&h, 0, sizeof(h));
-		h.height = head->height + 1;
-		memcpy(h.prev_hash, head->head_hash, AUDIT_HASH_LEN);
-		h.kind = kind;
-		h.in_default_partition = false;
-		h.partition_from = target->from;
-		h.partition_to = target->to;
-		h.xid_from = h.xid_to = head->horizon_xid;
-		h.row_count = (rows == NULL) ? dropped_rows : n;
-		h.rows_total = head->rows_total;
-		h.sealed_at = now;
-		audit_append_block(&h, ids, leaves, n, header_hash);
-		head->height = h.height;
-		memcpy(head->head_hash, header_hash, AUDIT_HASH_LEN);
+		append_removal_block(head, kind, target, ids, leaves, n, (rows == NULL) ? dropped_rows : n, now, root);
 		done += n;
 	} while (done < nrows);
 
@@ -393,8 +411,7 @@ archive_group(AuditChainHead *head, const AuditRetentionTarget *target, AuditRet
 	qsort(rows, nrows, sizeof(AuditArchivedRow), archived_row_cmp);
 	for (int64 done = 0; done < nrows;)
 	{
-		AuditBlockHeader h;
-		uint8		header_hash[AUDIT_HASH_LEN];
+		uint8		root[AUDIT_HASH_LEN];
 		int			n = (int) Min(nrows - done, (int64) chunk_max);
 
 		for (int i = 0; i < n; i++)
@@ -402,21 +419,9 @@ archive_group(AuditChainHead *head, const AuditRetentionTarget *target, AuditRet
 			ids[i] = Int64GetDatum(rows[done + i].id);
 			memcpy(leaves + (Size) i * AUDIT_HASH_LEN, rows[done + i].leaf, AUDIT_HASH_LEN);
 		}
-		memset(&h, 0, sizeof(h));
-		h.height = head->height + 1;
-		memcpy(h.prev_hash, head->head_hash, AUDIT_HASH_LEN);
-		h.kind = AUDIT_BLOCK_ARCHIVE_ROWS;
-		h.partition_from = target->from;
-		h.partition_to = target->to;
-		h.xid_from = h.xid_to = head->horizon_xid;
-		h.row_count = n;
-		h.rows_total = head->rows_total;
-		h.sealed_at = now;
-		audit_append_block(&h, ids, leaves, n, header_hash);
-		audit_archive_store(h.height, target->from, target->to, g->retention_policy, g->data_classification,
-							rows + done, n, h.merkle_root);
-		head->height = h.height;
-		memcpy(head->head_hash, header_hash, AUDIT_HASH_LEN);
+		append_removal_block(head, AUDIT_BLOCK_ARCHIVE_ROWS, target, ids, leaves, n, n, now, root);
+		audit_archive_store(head->height, target->from, target->to, g->retention_policy, g->data_classification,
+							rows + done, n, root);
 		done += n;
 	}
 	pfree(ids);
