@@ -5,15 +5,7 @@
 -- expire from the archive at delete_after_days (a sealed retention_archive
 -- block). A failing archive job lands in audit.archive_dlq_event.
 
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS audit_db CASCADE;
-CREATE EXTENSION audit_db;
-RESET client_min_messages;
-SET TimeZone = 'UTC';
-
-\i sql/include/session_helpers.sql
-SELECT pg_temp.wait_for_worker_maintenance() AS worker_ran;
-SET client_min_messages = warning;
+\i sql/include/fresh_extension.sql
 
 -- 'cold': kept in the log 30 days, in the archive until 100 days.
 INSERT INTO audit.audit_retention_policy (policy_name, retention_days, archive_after_days, delete_after_days)

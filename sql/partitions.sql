@@ -3,16 +3,7 @@
 -- runs and their record, and the error paths. The background worker may seal
 -- or run maintenance at any moment: results are counted, not listed.
 
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS audit_db CASCADE;
-CREATE EXTENSION audit_db;
-RESET client_min_messages;
-SET TimeZone = 'UTC';
-
-\i sql/include/session_helpers.sql
-
-SELECT pg_temp.wait_for_worker_maintenance() AS worker_ran;
-SET client_min_messages = warning;
+\i sql/include/fresh_extension.sql
 
 -- CREATE EXTENSION made the current month and premake_months (6) ahead, and
 -- none of them belongs to the extension (retention drops them, pg_dump dumps them).

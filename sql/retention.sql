@@ -4,16 +4,7 @@
 -- clean and still tells a retained-away row from a missing one, and who may
 -- do what. A fixed as_of (not the clock) decides what expired.
 
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS audit_db CASCADE;
-CREATE EXTENSION audit_db;
-RESET client_min_messages;
-SET TimeZone = 'UTC';
-
-\i sql/include/session_helpers.sql
-
-SELECT pg_temp.wait_for_worker_maintenance() AS worker_ran;
-SET client_min_messages = warning;
+\i sql/include/fresh_extension.sql
 
 -- No policy: nothing ever expires, nothing is even summarised.
 SELECT count(*) AS planned FROM audit.retention_plan('2100-01-01');

@@ -109,7 +109,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, psycopg as _load_psycopg, wait_worker_maintenance  # noqa: E402
+from testkit import Results, info, psycopg as _load_psycopg, sqlstate_of, wait_worker_maintenance  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql as pgsql  # noqa: E402
@@ -142,16 +142,6 @@ def q(conn, sql, params=None):
 def q1(conn, sql, params=None):
     row = conn.execute(sql, params).fetchone()
     return None if row is None else row[0]
-
-
-def sqlstate_of(conn, sql, params=None):
-    """Run sql; return the SQLSTATE of its error, or None if it succeeded."""
-    try:
-        with conn.transaction():
-            conn.execute(sql, params)
-    except psycopg.Error as e:
-        return e.sqlstate
-    return None
 
 
 def fresh(conn):

@@ -52,10 +52,6 @@ def connect(dbname=None, **kw):
     return psycopg.connect(**args)
 
 
-
-
-
-
 def last_premade(conn):
     """The partition with the latest bounds: (name, range_from)."""
     return conn.execute("SELECT partition::text, range_from FROM audit.partitions"
@@ -69,8 +65,6 @@ def has_month(conn, range_from):
 
 def worker_runs(conn):
     return conn.execute("SELECT count(*) FROM audit.maintenance_run WHERE via = 'worker'").fetchone()[0]
-
-
 
 
 def main():

@@ -174,14 +174,6 @@ def connect(**kw):
     return psycopg.connect(**args)
 
 
-
-
-
-
-
-
-
-
 def month_start(now, back):
     """First day (UTC) of the month `back` months before the month of now."""
     m = now.year * 12 + (now.month - 1) - back

@@ -74,7 +74,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, q, q1, seal_all, set_setting, wait_for, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, q, q1, seal_all, set_setting, sqlstate_of, wait_for, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -117,24 +117,6 @@ def connect(**kw):
     return psycopg.connect(**args)
 
 
-
-
-
-
-
-
-def sqlstate_of(conn, query, params=None):
-    """Run query in a transaction; the SQLSTATE of its error, or None if it succeeded."""
-    try:
-        with conn.transaction():
-            conn.execute(query, params)
-    except psycopg.Error as e:
-        return e.sqlstate
-    return None
-
-
-
-
 def fresh(conn):
     conn.execute("DROP EXTENSION IF EXISTS audit_db CASCADE")
     conn.execute("CREATE EXTENSION audit_db")
@@ -143,8 +125,6 @@ def fresh(conn):
 def unsealed(conn):
     return q1(conn, "SELECT count(*) FROM audit.audit_log WHERE transaction_id >="
                     " (SELECT horizon_xid FROM audit.audit_chain_state)")
-
-
 
 
 def verify_rows(conn):

@@ -54,8 +54,6 @@ def sealed_soon(conn, timeout=20.0):
     return False
 
 
-
-
 def recreate_extension(conn, old_pid):
     """DROP + CREATE EXTENSION; returns the new worker's (pid, usename)."""
     conn.execute("DROP EXTENSION IF EXISTS audit_db CASCADE")

@@ -130,3 +130,14 @@ def set_setting(conn, name, value, settle=0.5):
                                                                 sql.Literal(value)))
     conn.execute("SELECT pg_reload_conf()")
     time.sleep(settle)
+
+
+def sqlstate_of(conn, query, params=None):
+    """Run query in a transaction; the SQLSTATE of its error, or None if it succeeded."""
+    from psycopg import Error
+    try:
+        with conn.transaction():
+            conn.execute(query, params)
+    except Error as e:
+        return e.sqlstate
+    return None
