@@ -25,6 +25,8 @@ OBJS        = src/audit_db.o \
               src/archive.o \
               src/sealing.o \
               src/verification.o \
+              src/tenancy.o \
+              src/organization_roles.o \
               src/worker.o
 
 # -Wextra, less two warnings PostgreSQL's own sources do not build with:
@@ -35,7 +37,7 @@ PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive tenancy
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -127,10 +127,14 @@ CALL audit.run_maintenance('2024-10-20');
 SELECT status, actions->'rows_archived' AS archived FROM audit.maintenance_run WHERE via = 'call' ORDER BY run_id DESC LIMIT 1;
 
 -- Who may read the archive: the auditor (restores are counted), not the writer.
-SET ROLE audit_db_auditor;
+-- (An auditor of every organization; a tenant's auditor gets only its own
+-- organization's rows: tenancy suite.)
+CREATE ROLE regress_archive_auditor IN ROLE audit_db_auditor, audit_db_all_organizations;
+SET ROLE regress_archive_auditor;
 SELECT count(*) > 0 AS auditor_restores FROM audit.archive_restore((SELECT max(archive_id) FROM audit.archive_storage));
 SELECT count(*) >= 0 AS auditor_reads_dlq FROM audit.archive_dlq_event;
 RESET ROLE;
+DROP ROLE regress_archive_auditor;
 SET ROLE audit_db_writer;
 \set VERBOSITY terse
 SELECT count(*) FROM audit.archive_storage;

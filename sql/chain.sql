@@ -258,8 +258,9 @@ SELECT audit.block_header_hash(height, kind, 'infinity', partition_to, xid_from,
 
 -- Privileges: the writer may seal and nothing of the chain else; the auditor
 -- may read, verify, digest and prove, and write nothing.
-CREATE ROLE regress_chain_writer LOGIN IN ROLE audit_db_writer;
-CREATE ROLE regress_chain_auditor LOGIN IN ROLE audit_db_auditor;
+-- (Single-tenant roles: they see every organization; see the tenancy suite.)
+CREATE ROLE regress_chain_writer LOGIN IN ROLE audit_db_writer, audit_db_all_organizations;
+CREATE ROLE regress_chain_auditor LOGIN IN ROLE audit_db_auditor, audit_db_all_organizations;
 \set VERBOSITY terse
 SET ROLE regress_chain_writer;
 SELECT audit.log_event(action => 'chain_writer') > 0 AS logged;

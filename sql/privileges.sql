@@ -11,8 +11,10 @@ FROM pg_proc p WHERE p.pronamespace = 'audit'::regnamespace
 ORDER BY p.proname;
 SELECT has_schema_privilege('public', 'audit', 'USAGE') AS public_schema_usage;
 
-CREATE ROLE regress_app LOGIN IN ROLE audit_db_writer;
-CREATE ROLE regress_auditor LOGIN IN ROLE audit_db_auditor;
+-- A single-tenant deployment: both roles see every organization (the tenancy
+-- suite covers roles confined to one).
+CREATE ROLE regress_app LOGIN IN ROLE audit_db_writer, audit_db_all_organizations;
+CREATE ROLE regress_auditor LOGIN IN ROLE audit_db_auditor, audit_db_all_organizations;
 CREATE ROLE regress_nobody LOGIN;
 
 \set VERBOSITY default

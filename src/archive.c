@@ -39,6 +39,7 @@
 #include "audit_db.h"
 #include "immutability.h"
 #include "sealing.h"
+#include "tenancy.h"
 
 /* Run one statement through SPI, or fail saying which. */
 static void
@@ -185,6 +186,16 @@ count_retrieval_of(int64 archive_id)
 	PG_END_TRY();
 }
 
+/* Whether an archived row (export format) belongs to organization org. */
+static bool
+line_of_organization(Jsonb *doc, const char *org)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&doc->root, "organization_id", strlen("organization_id"), NULL);
+
+	return v != NULL && v->type == jbvString && v->val.string.len == (int) strlen(org) &&
+		memcmp(v->val.string.val, org, v->val.string.len) == 0;
+}
+
 PG_FUNCTION_INFO_V1(audit_archive_lines_sql);
 
 /*
@@ -193,6 +204,11 @@ PG_FUNCTION_INFO_V1(audit_archive_lines_sql);
  *		entry's rows in id order, as stored.  Counts a retrieval when asked
  *		(and the transaction can write).  Errors with 02000 for an unknown
  *		entry and 22P02 if the stored data do not decompress.
+ *
+ *		The entry is read as the extension's owner (callers get no access to
+ *		the stored data itself).  A caller confined to one organization
+ *		(tenancy.c) gets only that organization's rows; 42501 when it acts
+ *		for none.
  */
 Datum
 audit_archive_lines_sql(PG_FUNCTION_ARGS)
@@ -212,6 +228,9 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
+	char	   *volatile scope_org;
+	Oid			save_userid;
+	int			save_sec;
 
 	/* A set of one scalar column: build the descriptor by hand. */
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || (rsinfo->allowedModes & SFRM_Materialize) == 0)
@@ -228,7 +247,14 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 	rsinfo->setDesc = tupdesc;
 	MemoryContextSwitchTo(old);
 
+	scope_org = audit_tenancy_confinement("Call audit.set_organization() first; archived rows are shown per organization.");
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SPI_connect();
+	SetUserIdAndSecContext(audit_extension_owner(),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	PG_TRY();
+	{
 	/*
 	 * Without counting, read with the caller's snapshot (read-only SPI): an
 	 * export or a verification sees the entries its own snapshot sees, even
@@ -281,12 +307,20 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 			end = raw + raw_bytes;
 		*end = '\0';
 		value = DirectFunctionCall1(jsonb_in, CStringGetDatum(line));
+		if (scope_org != NULL && !line_of_organization(DatumGetJsonbP(value), scope_org))
+			continue;
 		tuplestore_putvalues(store, tupdesc, &value, &null);
 	}
 	MemoryContextSwitchTo(old);
 
 	if (count_retrieval && !RecoveryInProgress() && !XactReadOnly)
 		count_retrieval_of(archive_id);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
 	SPI_finish();
 	return (Datum) 0;
 }

@@ -37,6 +37,8 @@
 #include "partition_manager.h"
 #include "sealing.h"
 #include "verification.h"
+#include "organization_roles.h"
+#include "tenancy.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -135,7 +137,9 @@ lock_out_workers(void)
  * audit_process_utility
  *		Before a statement that needs a database without other connections,
  *		have audit_db's background worker leave it; before DROP EXTENSION
- *		audit_db, keep the sealer and maintenance out of the extension's tables.
+ *		audit_db, keep the sealer and maintenance out of the extension's tables;
+ *		on DISCARD ALL (a pooler handing the connection on), forget the
+ *		session's audit.set_organization().
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -148,6 +152,9 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		audit_worker_release_database(dboid);
 	if (drops_audit_db(pstmt->utilityStmt))
 		lock_out_workers();
+	if (IsA(pstmt->utilityStmt, DiscardStmt) &&
+		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL)
+		audit_tenancy_discard();
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
@@ -311,6 +318,8 @@ _PG_init(void)
 	audit_log_columns_init();
 	audit_immutability_init();
 	audit_verification_init();
+	audit_tenancy_init();
+	audit_organization_roles_init();
 	if (process_shared_preload_libraries_in_progress)
 		audit_worker_register_launcher();
 

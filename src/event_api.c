@@ -48,6 +48,7 @@
 #include "audit_db.h"
 #include "vocabulary.h"
 #include "event_api.h"
+#include "tenancy.h"
 #include "row_stamping.h"
 
 /* Fields of an event, in the argument order of audit.log_event(). */
@@ -772,6 +773,18 @@ audit_log_event(PG_FUNCTION_ARGS)
 	{
 		ev.isnull[f] = PG_ARGISNULL(f);
 		ev.value[f] = ev.isnull[f] ? (Datum) 0 : PG_GETARG_DATUM(f);
+	}
+
+	/* A session acting for an organization logs for it unless told otherwise. */
+	if (ev.isnull[EF_ORGANIZATION_ID])
+	{
+		const char *org = audit_current_organization();
+
+		if (org != NULL)
+		{
+			ev.value[EF_ORGANIZATION_ID] = CStringGetTextDatum(org);
+			ev.isnull[EF_ORGANIZATION_ID] = false;
+		}
 	}
 
 	SPI_connect();

@@ -74,6 +74,7 @@
 #include "hashing.h"
 #include "partitions.h"
 #include "sealing.h"
+#include "tenancy.h"
 #include "verification.h"
 
 int			audit_unsealed_grace = 60;
@@ -951,9 +952,9 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 
 	if (xid >= vs->horizon)
 	{
-		vs->rows_unsealed++;
 		if (!row_in_organization(vs, values, nulls, map))
 			return;
+		vs->rows_unsealed++;
 		if (xid >= vs->next_xid)
 			report(vs, 0, id, "transaction_id", "inserted",
 				   "the row names a transaction id that has not been assigned yet");
@@ -1810,6 +1811,10 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 	TimestampTz started = GetCurrentTimestamp();
 	MemoryContext per_query;
 	MemoryContext old;
+	bool		scoped;
+	char	   *org;
+	Oid			save_userid;
+	int			save_sec;
 
 	memset(&vs, 0, sizeof(vs));
 	vs.has_from = !PG_ARGISNULL(0);
@@ -1834,6 +1839,29 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("from_time must be earlier than to_time"),
 				 errhint("The range is [from_time, to_time); pass NULL for an open end.")));
+	/*
+	 * A caller confined to one organization verifies the chain for that
+	 * organization: every link and block is checked, but only its own rows
+	 * are compared and reported.  The rows are read as the extension's owner
+	 * so that other organizations' rows, which the caller cannot see, are
+	 * not taken for missing ones.
+	 */
+	org = audit_tenancy_confinement("Call audit.set_organization() first; a tenant verifies its own organization.");
+	scoped = org != NULL;
+	if (scoped)
+	{
+		if (vs.organization != NULL && strcmp(vs.organization, org) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to verify organization \"%s\"", vs.organization),
+					 errhint("The session acts for organization \"%s\".", org)));
+		if (vs.since_last)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("since_last verifies every organization's rows"),
+					 errhint("Verify your organization with audit.verify(organization_id => audit.current_organization()).")));
+		vs.organization = org;
+	}
 	if (vs.since_last && (vs.has_from || vs.has_to || vs.organization))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1855,6 +1883,10 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		SPI_connect();
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		if (scoped)
+			SetUserIdAndSecContext(audit_extension_owner(),
+								   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 		read_state(&vs);
 		prior_verification(&vs);
 		check_headers(&vs);
@@ -1865,6 +1897,7 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 		check_retention_blocks(&vs);
 		check_archives(&vs);
 		MemoryContextSwitchTo(old);
+		SetUserIdAndSecContext(save_userid, save_sec);
 		if (vs.problems > vs.max_problems)
 			ereport(NOTICE,
 					(errmsg("audit.verify: %lld problems found, the first %d are listed",

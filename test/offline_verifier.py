@@ -499,11 +499,11 @@ def main():
     try:
         run_checks(res, tool, mod, lines, blocks, row_by_id, block_of, digest_a, digest_b,
                    wanted, proofs, old_proof, unsealed_id, b7, redact_sql)
-        res.run("as audit_db_auditor: digest, then export and a proof, verify",
+        res.run("as an auditor of every organization: digest, then export and a proof, verify",
                 lambda: auditor_round(conn, tool, unsealed_id))
         retention_checks(res, conn, tool, mod)
         archival_checks(res, conn, tool, mod)
-        res.run("as audit_db_auditor after retention and archival: digest, then export (with "
+        res.run("as an auditor of every organization after retention and archival: digest, then export (with "
                 "archive entries) and a proof, verify",
                 lambda: auditor_round(conn, tool, unsealed_id))
     finally:
@@ -514,15 +514,21 @@ def main():
     return res.finish("offline_verifier")
 
 
+AUDITOR_ROLE = "offline_verifier_auditor"
+
+
 def auditor_round(conn, tool, some_id):
-    """The documented routine as the auditor role: digest first, then export."""
+    """The documented routine as an auditor of every organization: digest first, then export."""
     with conn.transaction():
-        conn.execute("SET LOCAL ROLE audit_db_auditor")
+        conn.execute("DROP ROLE IF EXISTS %s" % AUDITOR_ROLE)
+        conn.execute("CREATE ROLE %s IN ROLE audit_db_auditor, audit_db_all_organizations" % AUDITOR_ROLE)
+        conn.execute("SET LOCAL ROLE %s" % AUDITOR_ROLE)
         digest = conn.execute("SELECT audit.digest()").fetchone()[0]
         export = [r[0] for r in conn.execute("SELECT * FROM audit.export_chain()")]
         proof = conn.execute("SELECT audit.prove(%s)", (some_id,)).fetchone()[0] \
             if conn.execute("SELECT EXISTS (SELECT 1 FROM audit.audit_chain_block "
                             "WHERE %s = ANY (row_ids))", (some_id,)).fetchone()[0] else None
+    conn.execute("DROP ROLE IF EXISTS %s" % AUDITOR_ROLE)
     ok, detail = expect_ok(tool.chain(export, digest))
     if ok and proof is not None:
         ok, detail = expect_ok(tool.proof(proof, digest))

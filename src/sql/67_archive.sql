@@ -60,7 +60,7 @@ SELECT pg_catalog.pg_extension_config_dump('audit.archive_dlq_event_dlq_id_seq',
 -- (count_retrieval: count this as a retrieval).
 CREATE FUNCTION audit.archive_lines(archive_id bigint, count_retrieval boolean DEFAULT true)
 RETURNS SETOF jsonb
-LANGUAGE C VOLATILE STRICT SECURITY DEFINER
+LANGUAGE C VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'audit_archive_lines_sql';
 COMMENT ON FUNCTION audit.archive_lines(bigint, boolean) IS

@@ -70,10 +70,35 @@ GRANT EXECUTE ON FUNCTION audit.retention_plan(timestamptz) TO audit_db_auditor;
 -- Auditor and the archive: read entries and dead letters, restore rows
 -- (each restore is counted), see what would expire; audit.verify() reads
 -- archived rows through audit.archive_lines().
-GRANT SELECT ON audit.archive_storage, audit.archive_dlq_event TO audit_db_auditor;
+-- Every column of an entry but its data: the rows of every organization,
+-- which audit.archive_lines() hands out per organization.
+GRANT SELECT (archive_id, block_height, partition_from, partition_to, retention_policy, data_classification,
+              row_count, first_id, last_id, min_timestamp, max_timestamp, merkle_root, format, compression,
+              raw_bytes, archived_at, retrieval_count, last_retrieved_at)
+   ON audit.archive_storage TO audit_db_auditor;
+GRANT SELECT ON audit.archive_dlq_event TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.archive_lines(bigint, boolean), audit.archive_restore(bigint),
                           audit.row_from_export(jsonb, timestamptz), audit.archive_plan(timestamptz)
                  TO audit_db_auditor;
+
+-- Tenancy: everyone needs the context and the checks the policies call (they
+-- run as the querying role); they only reveal what the session may see.
+-- Mapping roles to organizations (organization_access) and isolating tables
+-- stay with the extension's owner; tenant administrators manage roles and
+-- assignments of their own organization (policies: resource
+-- audit.organization_role / audit.organization_role_assignment, 'write').
+GRANT EXECUTE ON FUNCTION audit.current_organization(), audit.current_principal(),
+                          audit.set_organization(text, text, boolean), audit.reset_organization(),
+                          audit.available_organizations(), audit.session_has_permission(text, text),
+                          audit.has_permission(text, text, text, text), audit.user_permissions(text, text)
+                 TO PUBLIC;
+GRANT USAGE ON SCHEMA audit TO audit_db_tenant_admin, audit_db_all_organizations;
+GRANT SELECT ON audit.organization_role, audit.organization_role_assignment
+                TO audit_db_auditor, audit_db_tenant_admin;
+GRANT INSERT, UPDATE, DELETE ON audit.organization_role, audit.organization_role_assignment
+                TO audit_db_tenant_admin;
+GRANT SELECT ON audit.tenant_isolation_status, audit.tenant_isolated_table TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.tenant_isolation_warnings(regclass) TO audit_db_auditor;
 
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();
