@@ -39,6 +39,7 @@
 #include "audit_db.h"
 #include "immutability.h"
 #include "sealing.h"
+#include "organization_roles.h"
 #include "tenancy.h"
 
 /* Run one statement through SPI, or fail saying which. */
@@ -207,8 +208,9 @@ PG_FUNCTION_INFO_V1(audit_archive_lines_sql);
  *
  *		The entry is read as the extension's owner (callers get no access to
  *		the stored data itself).  A caller confined to one organization
- *		(tenancy.c) gets only that organization's rows; 42501 when it acts
- *		for none.
+ *		(tenancy.c) gets only that organization's rows, and only with 'read'
+ *		on audit.audit_log (as the log's policy asks); 42501 when it acts for
+ *		none.
  */
 Datum
 audit_archive_lines_sql(PG_FUNCTION_ARGS)
@@ -229,6 +231,7 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Tuplestorestate *store;
 	char	   *volatile scope_org;
+	bool		permitted;
 	Oid			save_userid;
 	int			save_sec;
 
@@ -248,6 +251,9 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(old);
 
 	scope_org = audit_tenancy_confinement("Call audit.set_organization() first; archived rows are shown per organization.");
+	/* Like the log's own policy: no rows without 'read' on audit.audit_log. */
+	permitted = scope_org == NULL ||
+		audit_session_has_permission(AUDIT_SCHEMA_NAME "." AUDIT_LOG_TABLE_NAME, "read");
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SPI_connect();
@@ -307,7 +313,7 @@ audit_archive_lines_sql(PG_FUNCTION_ARGS)
 			end = raw + raw_bytes;
 		*end = '\0';
 		value = DirectFunctionCall1(jsonb_in, CStringGetDatum(line));
-		if (scope_org != NULL && !line_of_organization(DatumGetJsonbP(value), scope_org))
+		if (scope_org != NULL && (!permitted || !line_of_organization(DatumGetJsonbP(value), scope_org)))
 			continue;
 		tuplestore_putvalues(store, tupdesc, &value, &null);
 	}

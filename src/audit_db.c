@@ -152,14 +152,16 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		audit_worker_release_database(dboid);
 	if (drops_audit_db(pstmt->utilityStmt))
 		lock_out_workers();
-	if (IsA(pstmt->utilityStmt, DiscardStmt) &&
-		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL)
-		audit_tenancy_discard();
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+
+	/* Only once it succeeded (DISCARD ALL is refused in a transaction block). */
+	if (IsA(pstmt->utilityStmt, DiscardStmt) &&
+		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL)
+		audit_tenancy_discard();
 }
 
 /* audit_db.max_details_bytes: upper bound of one event's details document. */

@@ -23,8 +23,8 @@
  *
  * Writes of roles are checked by audit.check_organization_role(): the
  * permission list's shape, inherited roles that exist, and no inheritance
- * cycle.  Changes to roles are serialized by an advisory lock taken before
- * the statement locks any row, and the checks read the latest committed
+ * cycle.  Changes to roles are serialized by a table lock taken before the
+ * statement locks any row, and the checks read the latest committed
  * roles, so two concurrent changes cannot close a cycle between them.
  *
  *-------------------------------------------------------------------------
@@ -51,6 +51,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "storage/lmgr.h"
 
 #include "audit_db.h"
 #include "organization_roles.h"
@@ -62,8 +63,8 @@
 /* Most roles one principal's permissions may pass through (a guard, not a design limit). */
 #define MAX_ROLES_WALKED		10000
 
-/* First key of the advisory lock that serializes changes to one organization's roles. */
-#define ROLE_CHANGE_LOCK_CLASS	0x61756430	/* "aud0" */
+/* Most (organization, principal) permission sets cached per backend before the cache starts over. */
+#define MAX_CACHED_SETS			10000
 
 typedef struct Permission
 {
@@ -401,6 +402,12 @@ permission_set(const char *principal, int principal_len, const char *org, int or
 		memcmp(perm_last->principal, principal, principal_len) == 0)
 		return perm_last;
 
+	/* A bounded cache: past the limit it starts over (a pool serving many users). */
+	if (perm_count >= MAX_CACHED_SETS)
+	{
+		perm_built_generation = 0;
+		perm_cache_check();
+	}
 	for (s = perm_buckets[h % perm_nbuckets]; s != NULL; s = s->next)
 		if (s->hash == h && s->organization_len == org_len && s->principal_len == principal_len &&
 			memcmp(s->organization, org, org_len) == 0 && memcmp(s->principal, principal, principal_len) == 0)
@@ -514,6 +521,26 @@ audit_has_permission_sql(PG_FUNCTION_ARGS)
 												  VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)));
 }
 
+/* The session's check, lengths in bytes. */
+static bool
+session_permits(const char *resource, int resource_len, const char *action, int action_len)
+{
+	const char *org;
+	const char *principal;
+
+	audit_session_identity(&org, &principal);
+	if (org == NULL)
+		return false;
+	return audit_principal_has_permission(principal, strlen(principal), org, strlen(org),
+										  resource, resource_len, action, action_len);
+}
+
+bool
+audit_session_has_permission(const char *resource, const char *action)
+{
+	return session_permits(resource, strlen(resource), action, strlen(action));
+}
+
 PG_FUNCTION_INFO_V1(audit_session_has_permission_sql);
 
 /*
@@ -527,15 +554,9 @@ audit_session_has_permission_sql(PG_FUNCTION_ARGS)
 {
 	text	   *resource = PG_GETARG_TEXT_PP(0);
 	text	   *action = PG_GETARG_TEXT_PP(1);
-	const char *org = audit_current_organization();
-	const char *principal;
 
-	if (org == NULL)
-		PG_RETURN_BOOL(false);
-	principal = audit_current_principal();
-	PG_RETURN_BOOL(audit_principal_has_permission(principal, strlen(principal), org, strlen(org),
-												  VARDATA_ANY(resource), VARSIZE_ANY_EXHDR(resource),
-												  VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)));
+	PG_RETURN_BOOL(session_permits(VARDATA_ANY(resource), VARSIZE_ANY_EXHDR(resource),
+								   VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)));
 }
 
 /* ---------------------------------------------------------------------
@@ -601,9 +622,15 @@ Datum
 audit_user_permissions_sql(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	const char *principal = PG_ARGISNULL(0) ? audit_current_principal() : text_to_cstring(PG_GETARG_TEXT_PP(0));
-	const char *org = PG_ARGISNULL(1) ? audit_current_organization() : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const char *principal;
+	const char *org;
 	ListState	ls;
+
+	audit_session_identity(&org, &principal);
+	if (!PG_ARGISNULL(0))
+		principal = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!PG_ARGISNULL(1))
+		org = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	if (org == NULL)
 		ereport(ERROR,
@@ -665,15 +692,18 @@ check_permission_list(Jsonb *permissions, const char *role)
 }
 
 /*
- * Serialize changes to organization roles until the transaction ends.  Taken
- * by the statement-level trigger, before the statement locks any row, so a
- * transaction waiting here holds no role row another one could need.
+ * Serialize changes to organization roles until the transaction ends: SHARE
+ * UPDATE EXCLUSIVE on audit.organization_role conflicts with itself but not
+ * with reads or the row locks of writes, and only roles with write
+ * privileges on the table can take it otherwise (LOCK TABLE), unlike an
+ * advisory lock.  Taken by the statement-level trigger, before the
+ * statement locks any row, so a transaction waiting here holds no role row
+ * another one could need.
  */
 static void
-lock_organization_roles(void)
+lock_organization_roles(Relation rel)
 {
-	(void) DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ROLE_CHANGE_LOCK_CLASS),
-							   Int32GetDatum(0));
+	LockRelationOid(RelationGetRelid(rel), ShareUpdateExclusiveLock);
 }
 
 /* The roles of org that inherit name (other than itself), as a comma list, or NULL. */
@@ -818,7 +848,7 @@ audit_check_organization_role(PG_FUNCTION_ARGS)
 	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 	{
 		if (TRIGGER_FIRED_BEFORE(trigdata->tg_event))
-			lock_organization_roles();
+			lock_organization_roles(trigdata->tg_relation);
 		return PointerGetDatum(NULL);
 	}
 	rel = trigdata->tg_relation;

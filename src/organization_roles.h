@@ -38,4 +38,11 @@ extern bool audit_principal_has_permission(const char *principal, int principal_
 										   const char *resource, int resource_len,
 										   const char *action, int action_len);
 
+/*
+ * audit_session_has_permission
+ *		audit_principal_has_permission() for the session's organization and
+ *		principal; false when the session acts for no organization.
+ */
+extern bool audit_session_has_permission(const char *resource, const char *action);
+
 #endif							/* AUDIT_ORGANIZATION_ROLES_H */

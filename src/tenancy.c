@@ -29,7 +29,9 @@
  * time) index serves a tenant's "latest events" query exactly as it serves
  * an explicit WHERE organization_id = '...'.  The permission part,
  * audit.session_has_permission(resource, action), has no column argument
- * either and is evaluated once per query (organization_roles.c).
+ * either: on a partitioned table the planner makes it a one-time filter per
+ * partition, on a plain table it stays a row filter answered from the
+ * per-backend cache (organization_roles.c).
  *
  * Members of audit_db_all_organizations get a policy of their own that
  * admits every row; superusers and BYPASSRLS roles skip policies entirely
@@ -477,6 +479,33 @@ audit_tenancy_discard(void)
 	sel_changed_in_xact = false;
 }
 
+/* The organization, with the access cache loaded for user (no reload here). */
+static const char *
+organization_now(Oid user)
+{
+	if (sel_effective.active && sel_effective.user == user)
+	{
+		if (access_for(sel_effective.organization) != NULL)
+			return sel_effective.organization;
+		/* Access was revoked: the selection ends (a later grant does not revive it). */
+		selection_clear(&sel_effective);
+		selection_clear(&sel_session);
+	}
+	if (access_count == 1 && strcmp(access_items[0].organization, AUDIT_ANY_ORGANIZATION) != 0)
+		return access_items[0].organization;
+	return NULL;
+}
+
+/* The principal, with the access cache loaded for user (no reload here). */
+static const char *
+principal_now(Oid user)
+{
+	if (sel_effective.active && sel_effective.user == user && sel_effective.principal != NULL &&
+		may_set_principal_in(sel_effective.organization))
+		return sel_effective.principal;
+	return access_user_name;
+}
+
 const char *
 audit_current_organization(void)
 {
@@ -484,11 +513,7 @@ audit_current_organization(void)
 
 	audit_tenancy_refresh();
 	ensure_access(user);
-	if (sel_effective.active && sel_effective.user == user)
-		return access_for(sel_effective.organization) != NULL ? sel_effective.organization : NULL;
-	if (access_count == 1 && strcmp(access_items[0].organization, AUDIT_ANY_ORGANIZATION) != 0)
-		return access_items[0].organization;
-	return NULL;
+	return organization_now(user);
 }
 
 const char *
@@ -498,10 +523,18 @@ audit_current_principal(void)
 
 	audit_tenancy_refresh();
 	ensure_access(user);
-	if (sel_effective.active && sel_effective.user == user && sel_effective.principal != NULL &&
-		may_set_principal_in(sel_effective.organization))
-		return sel_effective.principal;
-	return access_user_name;
+	return principal_now(user);
+}
+
+void
+audit_session_identity(const char **organization, const char **principal)
+{
+	Oid			user = GetOuterUserId();
+
+	audit_tenancy_refresh();
+	ensure_access(user);
+	*organization = organization_now(user);
+	*principal = principal_now(user);
 }
 
 void
@@ -911,13 +944,29 @@ audit_enable_tenant_isolation_sql(PG_FUNCTION_ARGS)
 						 AUDIT_ALL_ORGANIZATIONS_ROLE)));
 
 	/*
-	 * Text-like columns compare as they are, so an index on the column serves
-	 * the policy; other types (uuid, integers) compare as text.
+	 * Text-like columns (text, varchar, char(n)) compare in their own type,
+	 * so an index on the column serves the policy; other types (uuid,
+	 * integers) compare as text (an index on (column::text) serves them).
 	 */
-	base_type = getBaseType(get_atttype(relid, attnum));
+	{
+		Oid			typid;
+		int32		typmod;
+		Oid			collid;
+
+		get_atttypetypmodcoll(relid, attnum, &typid, &typmod, &collid);
+		if (OidIsValid(collid) && !get_collation_isdeterministic(collid))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("column \"%s\" of table %s has a nondeterministic collation", column, qualified),
+					 errhint("Organizations would match case- or accent-insensitively; give the column a deterministic collation (e.g. COLLATE \"C\").")));
+		base_type = getBaseType(typid);
+	}
 	initStringInfo(&org_match);
-	if (base_type == TEXTOID || base_type == VARCHAROID || base_type == BPCHAROID)
+	if (base_type == TEXTOID || base_type == VARCHAROID)
 		appendStringInfo(&org_match, "%s = audit.current_organization()", quote_identifier(column));
+	else if (base_type == BPCHAROID)
+		appendStringInfo(&org_match, "%s = CAST(audit.current_organization() AS pg_catalog.bpchar)",
+						 quote_identifier(column));
 	else
 		appendStringInfo(&org_match, "CAST(%s AS pg_catalog.text) = audit.current_organization()",
 						 quote_identifier(column));
@@ -967,10 +1016,12 @@ audit_enable_tenant_isolation_sql(PG_FUNCTION_ARGS)
 	}
 
 	write_registry("INSERT INTO audit.tenant_isolated_table AS t"
-				   " (table_name, organization_column, resource, shared_null_rows, built_in, enabled_by, enabled_at)"
-				   " VALUES ($1, $2, $3, $4, $5, session_user, pg_catalog.now())"
+				   " (table_name, organization_column, resource, shared_null_rows, built_in, policy_definitions,"
+				   "  enabled_by, enabled_at)"
+				   " VALUES ($1, $2, $3, $4, $5, audit.tenant_policy_definitions($1), session_user, pg_catalog.now())"
 				   " ON CONFLICT (table_name) DO UPDATE SET organization_column = EXCLUDED.organization_column,"
 				   " resource = EXCLUDED.resource, shared_null_rows = EXCLUDED.shared_null_rows,"
+				   " policy_definitions = EXCLUDED.policy_definitions,"
 				   " enabled_by = EXCLUDED.enabled_by, enabled_at = EXCLUDED.enabled_at",
 				   5, (Oid[]) {REGCLASSOID, NAMEOID, TEXTOID, BOOLOID, BOOLOID},
 				   (Datum[]) {ObjectIdGetDatum(relid), CStringGetDatum(column), CStringGetTextDatum(resource),

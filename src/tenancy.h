@@ -61,6 +61,14 @@ extern const char *audit_current_principal(void);
 extern void audit_tenancy_discard(void);
 
 /*
+ * audit_session_identity
+ *		Both of the above from one look at the access cache: the two strings
+ *		stay valid together (calling the two functions one after the other
+ *		may reload the cache in between).
+ */
+extern void audit_session_identity(const char **organization, const char **principal);
+
+/*
  * audit_tenancy_scoped
  *		Whether the current user is confined to one organization: not a
  *		superuser, no BYPASSRLS, not a member of audit_db_all_organizations.

@@ -199,11 +199,50 @@ CREATE TABLE audit.tenant_isolated_table (
   resource            text        NOT NULL,
   shared_null_rows    boolean     NOT NULL,
   built_in            boolean     NOT NULL DEFAULT false,
+  -- The tenant policies as created (audit.tenant_policy_definitions()), to
+  -- tell when one was altered afterwards.
+  policy_definitions  jsonb       NOT NULL DEFAULT '{}',
   enabled_by          text        NOT NULL,
   enabled_at          timestamptz NOT NULL
 );
 COMMENT ON TABLE audit.tenant_isolated_table IS
   'Tables audit.enable_tenant_isolation() put policies on (built_in: the extension''s own)';
+
+-- The tenant policies of a table as they are now: name -> command,
+-- roles and expressions.
+CREATE FUNCTION audit.tenant_policy_definitions(tbl regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(jsonb_object_agg(p.polname, jsonb_build_object(
+           'command', p.polcmd, 'permissive', p.polpermissive,
+           'roles', (SELECT jsonb_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END ORDER BY r)
+                       FROM unnest(p.polroles) r),
+           'using', pg_get_expr(p.polqual, p.polrelid),
+           'check', pg_get_expr(p.polwithcheck, p.polrelid))), '{}')
+    FROM pg_policy p
+   WHERE p.polrelid = tbl
+     AND p.polname IN ('audit_tenant_read', 'audit_tenant_insert', 'audit_tenant_update', 'audit_tenant_delete',
+                       'audit_tenant_shared_read', 'audit_all_organizations');
+$$;
+
+-- A dropped table leaves the registry with it.
+CREATE FUNCTION audit.forget_dropped_isolated_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF to_regclass('audit.tenant_isolated_table') IS NULL THEN
+    RETURN;                     -- the extension itself is being dropped
+  END IF;
+  DELETE FROM audit.tenant_isolated_table t
+   USING pg_event_trigger_dropped_objects() d
+   WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND t.table_name::oid = d.objid;
+END
+$$;
+CREATE EVENT TRIGGER audit_db_forget_dropped_tables ON sql_drop
+  WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+  EXECUTE FUNCTION audit.forget_dropped_isolated_tables();
 
 CREATE FUNCTION audit.enable_tenant_isolation(tbl regclass, "column" text DEFAULT 'organization_id',
                                               resource text DEFAULT NULL,
@@ -228,6 +267,11 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   WITH c AS (SELECT * FROM pg_class WHERE oid = tbl),
+  reg AS (SELECT * FROM audit.tenant_isolated_table WHERE table_name = tbl),
+  -- Login roles, and the roles each can act as (SET ROLE included).
+  reach AS (SELECT l.rolname AS login, r.oid, r.rolname, r.rolsuper, r.rolbypassrls
+              FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
+             WHERE l.rolcanlogin),
   w(o, w) AS (
     SELECT 1, 'row-level security is disabled' FROM c WHERE NOT relrowsecurity
     UNION ALL
@@ -239,21 +283,56 @@ AS $$
                         'audit_all_organizations']) n
      WHERE NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = n)
     UNION ALL
-    SELECT 4, format('role %I can log in and has the owner''s rights: connected as it, an application can switch the policies off',
-                     r.rolname)
-      FROM c, pg_roles r WHERE r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, c.relowner, 'USAGE')
+    SELECT 3, format('policy %s was changed after audit.enable_tenant_isolation()', d.key)
+      FROM reg, jsonb_each(reg.policy_definitions) d
+     WHERE audit.tenant_policy_definitions(tbl) ? d.key
+       AND audit.tenant_policy_definitions(tbl) -> d.key IS DISTINCT FROM d.value
     UNION ALL
-    SELECT 5, format('role %I bypasses row-level security (%s)', r.rolname,
-                     CASE WHEN r.rolsuper THEN 'SUPERUSER' ELSE 'BYPASSRLS' END)
-      FROM pg_roles r WHERE (r.rolsuper OR r.rolbypassrls) AND r.rolcanlogin
+    SELECT 3, format('policy %I is not audit_db''s: a permissive policy adds to what the tenant policies allow', p.polname)
+      FROM pg_policy p
+     WHERE p.polrelid = tbl AND p.polpermissive
+       AND p.polname NOT IN ('audit_tenant_read', 'audit_tenant_insert', 'audit_tenant_update', 'audit_tenant_delete',
+                             'audit_tenant_shared_read', 'audit_all_organizations')
     UNION ALL
-    SELECT 6, format('role %I reads every organization (member of audit_db_all_organizations)', r.rolname)
-      FROM pg_roles r
-     WHERE r.rolcanlogin AND NOT r.rolsuper
-       AND EXISTS (SELECT FROM pg_roles a WHERE a.rolname = 'audit_db_all_organizations')
-       AND pg_has_role(r.oid, 'audit_db_all_organizations', 'USAGE')
+    SELECT 3, format('column %I has a nondeterministic collation: organizations match case- or accent-insensitively',
+                     a.attname)
+      FROM reg JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = reg.organization_column
+      JOIN pg_collation co ON co.oid = a.attcollation
+     WHERE NOT co.collisdeterministic
     UNION ALL
-    SELECT DISTINCT 7, CASE v.relkind
+    SELECT DISTINCT 4, CASE WHEN x.login = x.rolname
+                            THEN format('login role %I owns the table: connected as it, an application can switch the policies off',
+                                        x.login)
+                            ELSE format('login role %I has the owner''s rights (member of %I): connected as it, an application can switch the policies off',
+                                        x.login, x.rolname) END
+      FROM c, reach x WHERE x.oid = c.relowner AND NOT x.rolsuper
+       AND NOT EXISTS (SELECT FROM pg_roles s WHERE s.rolname = x.login AND s.rolsuper)
+    UNION ALL
+    SELECT DISTINCT 5, CASE WHEN x.login = x.rolname
+                            THEN format('role %I bypasses row-level security (%s)', x.rolname,
+                                        CASE WHEN x.rolsuper THEN 'SUPERUSER' ELSE 'BYPASSRLS' END)
+                            ELSE format('login role %I can SET ROLE to %I, which bypasses row-level security (%s)',
+                                        x.login, x.rolname, CASE WHEN x.rolsuper THEN 'SUPERUSER' ELSE 'BYPASSRLS' END) END
+      FROM reach x
+     WHERE (x.rolsuper OR x.rolbypassrls)
+       AND NOT EXISTS (SELECT FROM pg_roles s WHERE s.rolname = x.login AND s.rolsuper AND x.login <> x.rolname)
+    UNION ALL
+    SELECT DISTINCT 6, format('login role %I reads every organization (member of audit_db_all_organizations)', x.login)
+      FROM reach x
+     WHERE x.rolname = 'audit_db_all_organizations'
+       AND NOT EXISTS (SELECT FROM pg_roles s WHERE s.rolname = x.login AND s.rolsuper)
+    UNION ALL
+    SELECT DISTINCT 7, format('role %I may TRUNCATE the table, which skips row-level security', g.rolname)
+      FROM c, aclexplode(c.relacl) a JOIN pg_roles g ON g.oid = a.grantee
+     WHERE a.privilege_type = 'TRUNCATE' AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT DISTINCT 7, format('%s %s has privileges of its own but no tenant policies: reading it directly skips them',
+                              CASE ch.relispartition WHEN true THEN 'partition' ELSE 'child table' END, ch.oid::regclass)
+      FROM pg_inherits i JOIN pg_class ch ON ch.oid = i.inhrelid, aclexplode(ch.relacl) a
+     WHERE i.inhparent = tbl AND a.grantee <> ch.relowner
+       AND NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = ch.oid AND p.polname = 'audit_tenant_read')
+    UNION ALL
+    SELECT DISTINCT 8, CASE v.relkind
              WHEN 'm' THEN format('materialized view %s holds a copy of the rows without their policies', v.oid::regclass)
              ELSE format('view %s reads the table with its owner''s rights (security_invoker is off)', v.oid::regclass) END
       FROM pg_depend d
@@ -265,7 +344,7 @@ AS $$
                                            WHERE option_name = 'security_invoker'
                                              AND lower(option_value) IN ('true', 'on', '1', 'yes')))
     UNION ALL
-    SELECT 8, format('function %s is SECURITY DEFINER and owned by %I, who bypasses the policies',
+    SELECT 9, format('function %s is SECURITY DEFINER and owned by %I, who bypasses the policies',
                      p.oid::regprocedure, o.rolname)
       FROM c, pg_proc p JOIN pg_roles o ON o.oid = p.proowner
      WHERE p.prosecdef

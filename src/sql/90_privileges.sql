@@ -98,7 +98,8 @@ GRANT SELECT ON audit.organization_role, audit.organization_role_assignment
 GRANT INSERT, UPDATE, DELETE ON audit.organization_role, audit.organization_role_assignment
                 TO audit_db_tenant_admin;
 GRANT SELECT ON audit.tenant_isolation_status, audit.tenant_isolated_table TO audit_db_auditor;
-GRANT EXECUTE ON FUNCTION audit.tenant_isolation_warnings(regclass) TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.tenant_isolation_warnings(regclass), audit.tenant_policy_definitions(regclass)
+                 TO audit_db_auditor;
 
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();
