@@ -248,6 +248,17 @@ SELECT r.organization_id, count(*) FROM audit.archive_storage a, audit.archive_r
 SELECT * FROM audit.user_permissions() ORDER BY 1, 2;
 SELECT * FROM audit.user_permissions(organization => 'org_a');
 \echo :LAST_ERROR_SQLSTATE
+-- Past verifications: only with 'read' on audit.audit_integrity_log, and
+-- then only its own organization's runs.
+SELECT count(*) AS runs_visible FROM audit.audit_integrity_log;
+RESET SESSION AUTHORIZATION;
+SELECT organization_id, count(*) AS runs FROM audit.audit_integrity_log GROUP BY 1 ORDER BY 1;
+INSERT INTO audit.organization_role (organization_id, role_name, permissions)
+VALUES ('org_b', 'run_reader', '[{"resource": "audit.audit_integrity_log", "action": "read"}]');
+INSERT INTO audit.organization_role_assignment (organization_id, principal_id, role_name)
+VALUES ('org_b', 'regress_tn_b_auditor', 'run_reader');
+SET SESSION AUTHORIZATION regress_tn_b_auditor;
+SELECT organization_id, count(*) AS runs, bool_and(run_by = 'regress_tn_b_auditor') AS own FROM audit.audit_integrity_log GROUP BY 1;
 RESET SESSION AUTHORIZATION;
 
 ------------------------------------------------------------------------------

@@ -76,7 +76,10 @@ CREATE TABLE audit.audit_integrity_log (
   rows_unsealed   bigint      NOT NULL,
   problems        bigint      NOT NULL,
   first_problem   text,
-  status          text        NOT NULL CHECK (status IN ('clean', 'problems'))
+  status          text        NOT NULL CHECK (status IN ('clean', 'problems')),
+  -- The organization a run was confined to (NULL: every organization's
+  -- rows); tenant isolation (75_tenancy.sql) shows tenants their own runs.
+  organization_id text        GENERATED ALWAYS AS (scope ->> 'organization_id') STORED
 );
 COMMENT ON TABLE audit.audit_integrity_log IS
   'One row per audit.verify() run on the primary: scope, what was checked, and the outcome';

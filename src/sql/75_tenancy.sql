@@ -382,6 +382,7 @@ SELECT audit.enable_tenant_isolation('audit.audit_log');
 SELECT audit.enable_tenant_isolation('audit.audit_preset', shared_null_rows => true);
 SELECT audit.enable_tenant_isolation('audit.organization_role');
 SELECT audit.enable_tenant_isolation('audit.organization_role_assignment');
+SELECT audit.enable_tenant_isolation('audit.audit_integrity_log');
 
 SELECT pg_catalog.pg_extension_config_dump('audit.organization_access', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.organization_role', '');
