@@ -63,8 +63,11 @@
 /* Most roles one principal's permissions may pass through (a guard, not a design limit). */
 #define MAX_ROLES_WALKED		10000
 
-/* Most (organization, principal) permission sets cached per backend before the cache starts over. */
-#define MAX_CACHED_SETS			10000
+/*
+ * Most (organization, principal) permission sets cached per backend (about
+ * 400 bytes each); past it, a quarter of the buckets, in turn, are emptied.
+ */
+#define MAX_CACHED_SETS			50000
 
 typedef struct Permission
 {
@@ -342,6 +345,47 @@ perm_cache_grow(void)
 	perm_nbuckets = nb;
 }
 
+/* Free one cached set and what it holds. */
+static void
+perm_set_free(PermissionSet *s)
+{
+	for (int i = 0; i < s->count; i++)
+	{
+		pfree(s->items[i].resource);
+		pfree(s->items[i].action);
+	}
+	pfree(s->items);
+	pfree(s->organization);
+	pfree(s->principal);
+	pfree(s);
+}
+
+/* Empty the next quarter of the buckets (round robin), so the cache never starts over at once. */
+static void
+perm_cache_evict(void)
+{
+	static int	next_bucket = 0;
+	int			quarter = Max(perm_nbuckets / 4, 1);
+
+	for (int n = 0; n < quarter; n++)
+	{
+		int			b = (next_bucket + n) % perm_nbuckets;
+		PermissionSet *s = perm_buckets[b];
+
+		while (s != NULL)
+		{
+			PermissionSet *next = s->next;
+
+			perm_set_free(s);
+			perm_count--;
+			s = next;
+		}
+		perm_buckets[b] = NULL;
+	}
+	next_bucket = (next_bucket + quarter) % perm_nbuckets;
+	perm_last = NULL;
+}
+
 typedef struct CollectState
 {
 	PermissionSet *set;
@@ -402,12 +446,9 @@ permission_set(const char *principal, int principal_len, const char *org, int or
 		memcmp(perm_last->principal, principal, principal_len) == 0)
 		return perm_last;
 
-	/* A bounded cache: past the limit it starts over (a pool serving many users). */
+	/* A bounded cache (a pool serving many users): make room. */
 	if (perm_count >= MAX_CACHED_SETS)
-	{
-		perm_built_generation = 0;
-		perm_cache_check();
-	}
+		perm_cache_evict();
 	for (s = perm_buckets[h % perm_nbuckets]; s != NULL; s = s->next)
 		if (s->hash == h && s->organization_len == org_len && s->principal_len == principal_len &&
 			memcmp(s->organization, org, org_len) == 0 && memcmp(s->principal, principal, principal_len) == 0)
