@@ -114,6 +114,13 @@ UPDATE audit.audit_log SET action = 'x' WHERE organization_id = 'org_b';
 \echo :LAST_ERROR_SQLSTATE
 DELETE FROM audit.audit_log WHERE organization_id = 'org_b';
 \echo :LAST_ERROR_SQLSTATE
+-- The actions of audit_db's own events about roles, access and isolation
+-- cannot be forged, not even in its own organization.
+SELECT audit.log_event(action => 'organization_role_assignment.delete', status => 'success');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO audit.audit_log (action, status, organization_id) VALUES ('tenant_isolation.disable', 'success', 'org_a');
+\echo :LAST_ERROR_SQLSTATE
+SELECT audit.log_event(action => 'organization_role_review', status => 'success') > 0 AS similar_name_logged;
 
 -- COPY: the table form goes through the policies (PostgreSQL rewrites it to
 -- a query on the partitioned parent only: no rows at all); a query gives its

@@ -39,6 +39,7 @@
 #include "audit_log_columns.h"
 #include "hashing.h"
 #include "row_stamping.h"
+#include "tenancy.h"
 
 /*
  * Accepted event times: years 1 to 9999 UTC, PostgreSQL microseconds since
@@ -149,6 +150,18 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 					 errmsg("audit event has no %s", audit_column_names[required_columns[i]]),
 					 errhint("Give %s a value, or leave it out of the column list to get its default.",
 							 audit_column_names[required_columns[i]])));
+	}
+	/* audit_db's own administrative events cannot be forged (tenancy.c). */
+	{
+		text	   *action = DatumGetTextPP(values[map->attno[AC_ACTION]]);
+
+		if (audit_action_is_reserved(VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("audit event action \"%s\" is reserved for audit_db's own events",
+							text_to_cstring(action)),
+					 errhint("Actions starting with organization_access., organization_role., "
+							 "organization_role_assignment. or tenant_isolation. record changes audit_db made; choose another name.")));
 	}
 	/* status, data_classification, processing_latency: their domains check them. */
 	if (!nulls[map->attno[AC_TIMESTAMP]])

@@ -699,6 +699,29 @@ audit_available_organizations_sql(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
+/* True while audit_record_administrative_event() inserts its row. */
+static bool administrative_event_in_progress = false;
+
+/* Action prefixes only audit_record_administrative_event() may write. */
+static const char *const reserved_action_prefixes[] = {
+	"organization_access.", "organization_role.", "organization_role_assignment.", "tenant_isolation."
+};
+
+bool
+audit_action_is_reserved(const char *action, int len)
+{
+	if (len == 0 || (action[0] != 'o' && action[0] != 't') || administrative_event_in_progress)
+		return false;
+	for (int i = 0; i < lengthof(reserved_action_prefixes); i++)
+	{
+		int			plen = strlen(reserved_action_prefixes[i]);
+
+		if (len >= plen && memcmp(action, reserved_action_prefixes[i], plen) == 0)
+			return true;
+	}
+	return false;
+}
+
 Oid
 audit_extension_owner(void)
 {
@@ -765,6 +788,7 @@ audit_record_administrative_event(const char *action, const char *organization,
 							 GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(audit_extension_owner(),
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	administrative_event_in_progress = true;
 	PG_TRY();
 	{
 		int			rc = SPI_execute_with_args("INSERT INTO audit.audit_log (action, status, principal_id,"
@@ -779,6 +803,7 @@ audit_record_administrative_event(const char *action, const char *organization,
 	}
 	PG_FINALLY();
 	{
+		administrative_event_in_progress = false;
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_END_TRY();

@@ -124,4 +124,14 @@ extern void audit_record_administrative_event(const char *action, const char *or
 											  const char *target_type, const char *target_id,
 											  Jsonb *details);
 
+/*
+ * audit_action_is_reserved
+ *		Whether an event action (len bytes, not NUL-terminated) names one of
+ *		audit_db's own administrative events ('organization_role.insert',
+ *		'tenant_isolation.enable', ...), which only
+ *		audit_record_administrative_event() may write: the stamping trigger
+ *		refuses them from anyone else, so they cannot be forged.
+ */
+extern bool audit_action_is_reserved(const char *action, int len);
+
 #endif							/* AUDIT_TENANCY_H */
