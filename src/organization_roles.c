@@ -210,6 +210,33 @@ permission_member(JsonbContainer *obj, const char *key)
 	return (v != NULL && v->type == jbvString) ? v : NULL;
 }
 
+/* Callback per well-formed permission of a list: its resource and action strings. */
+typedef void (*PermissionFn) (JsonbValue *resource, JsonbValue *action, void *arg);
+
+/* Call fn for each {"resource": string, "action": string} of a permission list. */
+static void
+for_each_permission(Jsonb *permissions, PermissionFn fn, void *arg)
+{
+	int			n;
+
+	if (permissions == NULL || !JsonContainerIsArray(&permissions->root))
+		return;
+	n = JsonContainerSize(&permissions->root);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *elem = getIthJsonbValueFromContainer(&permissions->root, i);
+		JsonbValue *res;
+		JsonbValue *act;
+
+		if (elem == NULL || elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+			continue;
+		res = permission_member(elem->val.binary.data, "resource");
+		act = permission_member(elem->val.binary.data, "action");
+		if (res != NULL && act != NULL)
+			fn(res, act, arg);
+	}
+}
+
 typedef struct RoleVisit
 {
 	char	   *name;
@@ -392,43 +419,33 @@ typedef struct CollectState
 	int			allocated;
 } CollectState;
 
+/* PermissionFn: add one permission to the set being built. */
+static void
+collect_permission(JsonbValue *res, JsonbValue *act, void *arg)
+{
+	CollectState *cs = arg;
+	PermissionSet *set = cs->set;
+	Permission *p;
+
+	if (set->count == cs->allocated)
+	{
+		cs->allocated *= 2;
+		set->items = repalloc(set->items, cs->allocated * sizeof(Permission));
+	}
+	p = &set->items[set->count++];
+	p->resource = MemoryContextStrdup(perm_cxt, pnstrdup(res->val.string.val, res->val.string.len));
+	p->resource_len = res->val.string.len;
+	p->action = MemoryContextStrdup(perm_cxt, pnstrdup(act->val.string.val, act->val.string.len));
+	p->action_len = act->val.string.len;
+	if (p->resource_len == 1 && p->resource[0] == '*' && p->action_len == 1 && p->action[0] == '*')
+		set->everything = true;
+}
+
 /* RoleVisitFn: add a role's permissions to the set being built. */
 static void
 collect_permissions(RoleVisit *visits, int index, Jsonb *permissions, void *arg)
 {
-	CollectState *cs = arg;
-	PermissionSet *set = cs->set;
-	int			n;
-
-	if (permissions == NULL || !JsonContainerIsArray(&permissions->root))
-		return;
-	n = JsonContainerSize(&permissions->root);
-	for (int i = 0; i < n; i++)
-	{
-		JsonbValue *elem = getIthJsonbValueFromContainer(&permissions->root, i);
-		JsonbValue *res;
-		JsonbValue *act;
-		Permission *p;
-
-		if (elem == NULL || elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
-			continue;
-		res = permission_member(elem->val.binary.data, "resource");
-		act = permission_member(elem->val.binary.data, "action");
-		if (res == NULL || act == NULL)
-			continue;
-		if (set->count == cs->allocated)
-		{
-			cs->allocated *= 2;
-			set->items = repalloc(set->items, cs->allocated * sizeof(Permission));
-		}
-		p = &set->items[set->count++];
-		p->resource = MemoryContextStrdup(perm_cxt, pnstrdup(res->val.string.val, res->val.string.len));
-		p->resource_len = res->val.string.len;
-		p->action = MemoryContextStrdup(perm_cxt, pnstrdup(act->val.string.val, act->val.string.len));
-		p->action_len = act->val.string.len;
-		if (p->resource_len == 1 && p->resource[0] == '*' && p->action_len == 1 && p->action[0] == '*')
-			set->everything = true;
-	}
+	for_each_permission(permissions, collect_permission, arg);
 }
 
 /* The cached permission set of (organization, principal), built if missing. */
@@ -608,7 +625,24 @@ audit_session_has_permission_sql(PG_FUNCTION_ARGS)
 typedef struct ListState
 {
 	ReturnSetInfo *rsinfo;
+	const char *role_name;		/* the role being listed */
+	ArrayType  *path;			/* inheritance path to it */
 } ListState;
+
+/* PermissionFn: one output row. */
+static void
+list_permission(JsonbValue *res, JsonbValue *act, void *arg)
+{
+	ListState  *ls = arg;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	values[0] = PointerGetDatum(cstring_to_text_with_len(res->val.string.val, res->val.string.len));
+	values[1] = PointerGetDatum(cstring_to_text_with_len(act->val.string.val, act->val.string.len));
+	values[2] = CStringGetTextDatum(ls->role_name);
+	values[3] = PointerGetDatum(ls->path);
+	tuplestore_putvalues(ls->rsinfo->setResult, ls->rsinfo->setDesc, values, nulls);
+}
 
 /* RoleVisitFn: one output row per permission of the role, with the path to it. */
 static void
@@ -617,37 +651,15 @@ list_permissions(RoleVisit *visits, int index, Jsonb *permissions, void *arg)
 	ListState  *ls = arg;
 	int			depth = 0;
 	Datum	   *path;
-	int			n;
 
-	if (permissions == NULL || !JsonContainerIsArray(&permissions->root))
-		return;
 	for (int i = index; i >= 0; i = visits[i].parent)
 		depth++;
 	path = palloc(depth * sizeof(Datum));
 	for (int i = index, k = depth - 1; i >= 0; i = visits[i].parent, k--)
 		path[k] = CStringGetTextDatum(visits[i].name);
-
-	n = JsonContainerSize(&permissions->root);
-	for (int i = 0; i < n; i++)
-	{
-		JsonbValue *elem = getIthJsonbValueFromContainer(&permissions->root, i);
-		JsonbValue *res;
-		JsonbValue *act;
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-
-		if (elem == NULL || elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
-			continue;
-		res = permission_member(elem->val.binary.data, "resource");
-		act = permission_member(elem->val.binary.data, "action");
-		if (res == NULL || act == NULL)
-			continue;
-		values[0] = PointerGetDatum(cstring_to_text_with_len(res->val.string.val, res->val.string.len));
-		values[1] = PointerGetDatum(cstring_to_text_with_len(act->val.string.val, act->val.string.len));
-		values[2] = CStringGetTextDatum(visits[index].name);
-		values[3] = PointerGetDatum(construct_array(path, depth, TEXTOID, -1, false, TYPALIGN_INT));
-		tuplestore_putvalues(ls->rsinfo->setResult, ls->rsinfo->setDesc, values, nulls);
-	}
+	ls->role_name = visits[index].name;
+	ls->path = construct_array(path, depth, TEXTOID, -1, false, TYPALIGN_INT);
+	for_each_permission(permissions, list_permission, ls);
 }
 
 PG_FUNCTION_INFO_V1(audit_user_permissions_sql);

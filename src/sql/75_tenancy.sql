@@ -7,19 +7,8 @@
 -- their organization column with audit.current_organization() and asking
 -- audit.session_has_permission(resource, 'read' | 'write').
 
--- Members of this role read and write every organization's rows (platform
--- auditors, single-tenant deployments); a non-superuser owner of the
--- extension's tables or audit_db.worker_role needs it too.
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_all_organizations') THEN
-    CREATE ROLE audit_db_all_organizations NOLOGIN;
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_tenant_admin') THEN
-    CREATE ROLE audit_db_tenant_admin NOLOGIN;
-  END IF;
-END
-$$;
+-- Members of audit_db_all_organizations (05_roles.sql) have a policy of
+-- their own that admits every row.
 
 -- The organization context -------------------------------------------------
 

@@ -1,9 +1,5 @@
--- Privileges: nothing for PUBLIC but three pure predicates; two roles for the
--- two common jobs.
---   audit_db_writer   may log events (INSERT, audit.log_event) and nothing else
---   audit_db_auditor  may read the audit trail and presets, and write nothing
--- The roles are cluster-wide: created if missing, granted in this database.
--- DROP EXTENSION leaves them (drop them by hand once no database uses them).
+-- Privileges: nothing for PUBLIC but pure predicates and the tenancy
+-- context; the roles of 05_roles.sql for the common jobs.
 
 REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC;
@@ -13,17 +9,6 @@ REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA audit FROM PUBLIC;
 -- role, whoever it is; they reveal nothing.
 GRANT EXECUTE ON FUNCTION audit.is_event_status(text), audit.is_data_classification(text),
                           audit.is_hash_algorithm(text) TO PUBLIC;
-
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_writer') THEN
-    CREATE ROLE audit_db_writer NOLOGIN;
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'audit_db_auditor') THEN
-    CREATE ROLE audit_db_auditor NOLOGIN;
-  END IF;
-END
-$$;
 
 GRANT USAGE ON SCHEMA audit TO audit_db_writer, audit_db_auditor;
 
