@@ -109,7 +109,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, psycopg as _load_psycopg, sqlstate_of, wait_worker_maintenance  # noqa: E402
+from testkit import Results, info, psycopg as _load_psycopg, q, q1, sqlstate_of, trigger_states, wait_worker_maintenance  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql as pgsql  # noqa: E402
@@ -133,15 +133,6 @@ def connect():
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET audit_db.seal_block_rows = %d" % BLOCK_ROWS)
     return conn
-
-
-def q(conn, sql, params=None):
-    return conn.execute(sql, params).fetchall()
-
-
-def q1(conn, sql, params=None):
-    row = conn.execute(sql, params).fetchone()
-    return None if row is None else row[0]
 
 
 def fresh(conn):
@@ -217,13 +208,6 @@ def current_rows(conn, where="true"):
     """Ids of this month's rows (the current partition), in id order."""
     return [r[0] for r in q(conn, "SELECT id FROM audit.audit_log WHERE \"timestamp\" >= "
                                   "date_trunc('month', now()) AND (%s) ORDER BY id" % where)]
-
-
-def trigger_states(conn):
-    return q(conn, "SELECT c.oid::regclass::text, t.tgname, t.tgenabled, c.relkind = 'p' AS parent "
-                   "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                   "WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal "
-                   "ORDER BY parent DESC, 1, 2")
 
 
 def tamper(conn, *statements):

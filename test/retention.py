@@ -74,7 +74,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, q, q1, seal_all, set_setting, sqlstate_of, wait_for, psycopg as _load_psycopg  # noqa: E402
+from testkit import Results, info, q, q1, seal_all, set_setting, sqlstate_of, trigger_states, wait_for, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -203,13 +203,6 @@ def acceptance_rows():
         for off in EDGE_OFFSETS:
             rows.append((cut + off, pol, cls))
     return rows
-
-
-def trigger_states(conn):
-    return q(conn, "SELECT c.oid::regclass::text, t.tgname, t.tgenabled, c.relkind = 'p' AS parent "
-                   "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                   "WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal "
-                   "ORDER BY parent DESC, 1, 2")
 
 
 def tamper(conn, *statements):

@@ -141,3 +141,12 @@ def sqlstate_of(conn, query, params=None):
     except Error as e:
         return e.sqlstate
     return None
+
+
+def trigger_states(conn):
+    """(relation, trigger, tgenabled, is_parent) of every user trigger in schema audit, parents first:
+    what a test that switches guard triggers off must put back."""
+    return q(conn, "SELECT c.oid::regclass::text, t.tgname, t.tgenabled, c.relkind = 'p' AS parent "
+                   "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                   "WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal "
+                   "ORDER BY parent DESC, 1, 2")
