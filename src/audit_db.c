@@ -38,6 +38,7 @@
 #include "sealing.h"
 #include "verification.h"
 #include "organization_roles.h"
+#include "pseudonyms.h"
 #include "tenancy.h"
 #include "worker.h"
 
@@ -314,6 +315,16 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("audit_db.pseudonym_encryption_key",
+							   "Passphrase of the encryption strategy of audit.pseudonymize() when none is passed in.",
+							   "Superuser-only: set it in postgresql.conf (or a file it includes), never with ALTER "
+							   "DATABASE or ALTER ROLE, whose settings every role can read.",
+							   &audit_pseudonym_encryption_key,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("audit_db");
 

@@ -662,6 +662,33 @@ audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap *map,
 	release_large_buffer();
 }
 
+void
+audit_encode_redacted_input(StringInfo buf, Datum *values, bool *nulls,
+							const AuditColumnMap *map)
+{
+	appendStringInfoCharMacro(buf, AUDIT_REDACTED_PREFIX);
+	put_bytes(buf, AUDIT_REDACTED_DOMAIN, strlen(AUDIT_REDACTED_DOMAIN));
+	if (NUL(AC_ID))
+		put_null(buf);
+	else
+		put_int64(buf, DatumGetInt64(VAL(AC_ID)));
+	put_text_datum(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
+	put_text_datum(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
+	put_text_datum(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
+	(void) put_jsonb_datum(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
+}
+
+void
+audit_redacted_fields_digest(Datum *values, bool *nulls, const AuditColumnMap *map,
+							 uint8 out[AUDIT_HASH_LEN])
+{
+	StringInfo	buf = encoding_buffer();
+
+	audit_encode_redacted_input(buf, values, nulls, map);
+	audit_sha256(buf->data, buf->len, out);
+	release_large_buffer();
+}
+
 #undef VAL
 #undef NUL
 
@@ -773,8 +800,8 @@ typedef struct RowArgCache
 	AuditColumnMap map;
 } RowArgCache;
 
-static void
-deform_row_argument(FunctionCallInfo fcinfo, Datum **values, bool **nulls,
+void
+audit_deform_row_argument(FunctionCallInfo fcinfo, Datum **values, bool **nulls,
 					const AuditColumnMap **map)
 {
 	HeapTupleHeader rec = PG_GETARG_HEAPTUPLEHEADER(0);
@@ -834,7 +861,7 @@ audit_leaf_hash_sql(PG_FUNCTION_ARGS)
 	uint8		commitment[AUDIT_HASH_LEN];
 	uint8		leaf[AUDIT_HASH_LEN];
 
-	deform_row_argument(fcinfo, &values, &nulls, &map);
+	audit_deform_row_argument(fcinfo, &values, &nulls, &map);
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
 	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(leaf, AUDIT_HASH_LEN));
@@ -857,7 +884,7 @@ audit_leaf_encoding_sql(PG_FUNCTION_ARGS)
 	StringInfo	buf;
 	bytea	   *result;
 
-	deform_row_argument(fcinfo, &values, &nulls, &map);
+	audit_deform_row_argument(fcinfo, &values, &nulls, &map);
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	buf = encoding_buffer();
 	audit_encode_leaf_input(buf, values, nulls, map, commitment);
@@ -882,7 +909,7 @@ audit_commitment_encoding_sql(PG_FUNCTION_ARGS)
 	StringInfo	buf;
 	bytea	   *result;
 
-	deform_row_argument(fcinfo, &values, &nulls, &map);
+	audit_deform_row_argument(fcinfo, &values, &nulls, &map);
 	if (nulls[map->attno[AC_PERSONAL_DATA_SALT]])
 		PG_RETURN_NULL();
 	buf = encoding_buffer();
@@ -890,6 +917,26 @@ audit_commitment_encoding_sql(PG_FUNCTION_ARGS)
 	result = audit_bytea_from_bytes(buf->data, buf->len);
 	release_large_buffer();
 	PG_RETURN_BYTEA_P(result);
+}
+
+PG_FUNCTION_INFO_V1(audit_redacted_fields_digest_sql);
+
+/*
+ * audit.redacted_fields_digest(audit.audit_log) returns bytea
+ *		SHA-256 over the row's id and its four personal fields as they are
+ *		now: what a redaction record attests for a redacted row.
+ */
+Datum
+audit_redacted_fields_digest_sql(PG_FUNCTION_ARGS)
+{
+	Datum	   *values;
+	bool	   *nulls;
+	const AuditColumnMap *map;
+	uint8		digest[AUDIT_HASH_LEN];
+
+	audit_deform_row_argument(fcinfo, &values, &nulls, &map);
+	audit_redacted_fields_digest(values, nulls, map, digest);
+	PG_RETURN_BYTEA_P(audit_bytea_from_bytes(digest, AUDIT_HASH_LEN));
 }
 
 PG_FUNCTION_INFO_V1(audit_merkle_root_sql);

@@ -15,6 +15,7 @@
 #define AUDIT_HASHING_H
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 
 #include "audit_log_columns.h"
@@ -72,6 +73,21 @@ extern void audit_row_leaf_hash(Datum *values, bool *nulls, const AuditColumnMap
 								const uint8 commitment[AUDIT_HASH_LEN],
 								uint8 out[AUDIT_HASH_LEN]);
 
+/* Redaction attestation of a redacted row's personal fields (0x04). */
+#define AUDIT_REDACTED_PREFIX	0x04
+#define AUDIT_REDACTED_DOMAIN	"audit_db.redacted.v1"
+
+/*
+ * audit_encode_redacted_input / audit_redacted_fields_digest
+ *		The bytes, and their SHA-256, that a redaction record attests for a
+ *		redacted row: its id and its four personal fields as they are after
+ *		the redaction (no salt: they hold no personal data any more).
+ */
+extern void audit_encode_redacted_input(StringInfo buf, Datum *values, bool *nulls,
+										const AuditColumnMap *map);
+extern void audit_redacted_fields_digest(Datum *values, bool *nulls, const AuditColumnMap *map,
+										 uint8 out[AUDIT_HASH_LEN]);
+
 /* Merkle tree node prefix (RFC 6962); leaves carry AUDIT_LEAF_PREFIX. */
 #define AUDIT_NODE_PREFIX		0x01
 
@@ -124,6 +140,14 @@ typedef struct AuditBlockHeader
  *		SHA-256 header hash of a block (hash format v1).
  */
 extern void audit_block_header_hash(const AuditBlockHeader *h, uint8 out[AUDIT_HASH_LEN]);
+
+/*
+ * audit_deform_row_argument
+ *		Argument 0 of fcinfo, a row of audit.audit_log's type, deformed into
+ *		palloc'd values/nulls, with its column map (cached in fn_extra).
+ */
+extern void audit_deform_row_argument(FunctionCallInfo fcinfo, Datum **values, bool **nulls,
+									  const AuditColumnMap **map);
 
 /*
  * audit_bytea_from_bytes

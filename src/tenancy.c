@@ -704,13 +704,15 @@ static bool administrative_event_in_progress = false;
 
 /* Action prefixes only audit_record_administrative_event() may write. */
 static const char *const reserved_action_prefixes[] = {
-	"organization_access.", "organization_role.", "organization_role_assignment.", "tenant_isolation."
+	"organization_access.", "organization_role.", "organization_role_assignment.", "tenant_isolation.",
+	"gdpr."
 };
 
 bool
 audit_action_is_reserved(const char *action, int len)
 {
-	if (len == 0 || (action[0] != 'o' && action[0] != 't') || administrative_event_in_progress)
+	if (len == 0 || (action[0] != 'o' && action[0] != 't' && action[0] != 'g') ||
+		administrative_event_in_progress)
 		return false;
 	for (int i = 0; i < lengthof(reserved_action_prefixes); i++)
 	{
@@ -743,6 +745,15 @@ void
 audit_record_administrative_event(const char *action, const char *organization,
 								  const char *target_type, const char *target_id,
 								  Jsonb *details)
+{
+	audit_record_administrative_event_kept(action, organization, target_type, target_id,
+										   details, NULL);
+}
+
+void
+audit_record_administrative_event_kept(const char *action, const char *organization,
+									   const char *target_type, const char *target_id,
+									   Jsonb *details, const char *retention_policy)
 {
 	StringInfoData who;
 	Oid			save_userid;
@@ -778,6 +789,7 @@ audit_record_administrative_event(const char *action, const char *organization,
 	values[4] = target_id ? CStringGetTextDatum(target_id) : (Datum) 0;
 	nulls[4] = target_id ? ' ' : 'n';
 	values[5] = JsonbPGetDatum(merged);
+	values[6] = CStringGetTextDatum(retention_policy ? retention_policy : "standard");
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -793,9 +805,9 @@ audit_record_administrative_event(const char *action, const char *organization,
 	{
 		int			rc = SPI_execute_with_args("INSERT INTO audit.audit_log (action, status, principal_id,"
 											   " organization_id, target_resource_type, target_resource_id,"
-											   " data_classification, details)"
-											   " VALUES ($1, 'success', $2, $3, $4, $5, 'INTERNAL', $6)",
-											   6, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID},
+											   " data_classification, details, retention_policy)"
+											   " VALUES ($1, 'success', $2, $3, $4, $5, 'INTERNAL', $6, $7)",
+											   7, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID},
 											   values, nulls, false, 0);
 
 		if (rc != SPI_OK_INSERT)

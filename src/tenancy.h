@@ -125,10 +125,20 @@ extern void audit_record_administrative_event(const char *action, const char *or
 											  Jsonb *details);
 
 /*
+ * audit_record_administrative_event_kept
+ *		The same, under the named retention policy instead of 'standard'
+ *		(GDPR records are kept under 'gdpr_record', which has no policy row
+ *		by default: kept for ever).
+ */
+extern void audit_record_administrative_event_kept(const char *action, const char *organization,
+												   const char *target_type, const char *target_id,
+												   Jsonb *details, const char *retention_policy);
+
+/*
  * audit_action_is_reserved
  *		Whether an event action (len bytes, not NUL-terminated) names one of
  *		audit_db's own administrative events ('organization_role.insert',
- *		'tenant_isolation.enable', ...), which only
+ *		'tenant_isolation.enable', 'gdpr.erase', ...), which only
  *		audit_record_administrative_event() may write: the stamping trigger
  *		refuses them from anyone else, so they cannot be forged.
  */

@@ -73,6 +73,7 @@
 #include "audit_log_columns.h"
 #include "hashing.h"
 #include "partitions.h"
+#include "redaction.h"
 #include "sealing.h"
 #include "tenancy.h"
 #include "verification.h"
@@ -170,6 +171,7 @@ typedef struct VerifyState
 								 * .block indexes retained_leaves, .pos is 1 if a leaf is known */
 	uint8	   *retained_leaves;	/* 32 bytes per retained id */
 	int64		rows_retained;	/* sealed rows found absent because retention removed them */
+	AuditRedactionCheck *redactions;	/* attestations of redacted rows (redaction.c) */
 	List	   *relocated_bounds;	/* AuditPartition * of the months they moved to */
 	OpenBlock  *blocks;
 	int			nblocks;
@@ -328,6 +330,14 @@ report(VerifyState *vs, int64 height, int64 row_id, const char *field,
 	values[3] = CStringGetTextDatum(problem);
 	values[4] = CStringGetTextDatum(detail);
 	tuplestore_putvalues(vs->out, vs->outdesc, values, nulls);
+}
+
+/* report() for the redaction checks of redaction.c. */
+static void
+report_redaction(void *arg, int64 row_id, const char *field, const char *problem,
+				 const char *detail)
+{
+	report((VerifyState *) arg, 0, row_id, field, problem, detail);
 }
 
 static bool
@@ -1049,6 +1059,9 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
 				report(vs, b->height, id, "hash", "modified",
 					   "the row's stored hash differs from its sealed leaf");
+			else
+				audit_redaction_check_row(vs->redactions, values, nulls, map,
+										  report_redaction, vs);
 		}
 	}
 
@@ -1892,10 +1905,14 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 		check_headers(&vs);
 		progress_update(&vs, "rows");
 		old = MemoryContextSwitchTo(vs.cxt);
+		vs.redactions = audit_redaction_check_begin(vs.cxt);
 		check_rows(&vs);
 		check_orphan_blocks(&vs);
 		check_retention_blocks(&vs);
 		check_archives(&vs);
+		audit_redaction_check_finish(vs.redactions,
+									 !vs.has_from && !vs.has_to && vs.organization == NULL && !vs.since_last,
+									 report_redaction, &vs);
 		MemoryContextSwitchTo(old);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		if (vs.problems > vs.max_problems)

@@ -2,6 +2,8 @@
 --   audit_db_writer             may log events (INSERT, audit.log_event) and nothing else
 --   audit_db_auditor            may read the audit trail and presets, verify, and write nothing
 --   audit_db_tenant_admin       may manage organization roles and assignments (of its organization)
+--   audit_db_privacy_officer    may pseudonymize, reverse pseudonyms, export and erase data
+--                               subjects in every organization (src/sql/69_gdpr.sql)
 --   audit_db_all_organizations  reads and writes every organization's rows (platform auditors,
 --                               single-tenant deployments; a non-superuser owner of the
 --                               extension's tables or audit_db.worker_role needs it too)
@@ -13,7 +15,7 @@ DECLARE
   r text;
 BEGIN
   FOREACH r IN ARRAY ARRAY['audit_db_writer', 'audit_db_auditor', 'audit_db_tenant_admin',
-                           'audit_db_all_organizations'] LOOP
+                           'audit_db_all_organizations', 'audit_db_privacy_officer'] LOOP
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I NOLOGIN', r);
     END IF;

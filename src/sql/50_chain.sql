@@ -227,12 +227,23 @@ BEGIN
     CROSS JOIN LATERAL audit.archive_lines(a.archive_id, false) WITH ORDINALITY AS l(doc, n)
     UNION ALL
     SELECT 4, r.id, 0, audit.export_row(r)::text FROM audit.audit_log r
+    UNION ALL
+    -- What GDPR redactions attest for the personal fields of redacted rows
+    -- (src/redaction.c); the requests' events, among the rows, seal the
+    -- Merkle root of each request's digests.
+    SELECT 5, d.request_id, d.audit_log_id, jsonb_build_object(
+             'type', 'redaction',
+             'request_id', d.request_id,
+             'row_id', d.audit_log_id,
+             'fields_digest', encode(d.fields_digest, 'hex'))::text
+    FROM audit.redacted_row d
   ) lines
   ORDER BY part, k, sub;
 END
 $$;
 COMMENT ON FUNCTION audit.export_chain() IS
-  'The whole chain and log as JSON lines (blocks, relocations, archive entries with their rows, then rows) '
+  'The whole chain and log as JSON lines (blocks, relocations, archive entries with their rows, rows, then '
+  'redaction attestations) '
   'for the offline verifier tools/audit_db_verify';
 
 -- Format helpers (src/hashing.c): the header hash of a block from its fields,

@@ -8,7 +8,8 @@ DECLARE
   tbl text;
   op  text;
 BEGIN
-  FOREACH tbl IN ARRAY ARRAY['audit_chain_block', 'audit_log_relocation', 'archive_storage'] LOOP
+  FOREACH tbl IN ARRAY ARRAY['audit_chain_block', 'audit_log_relocation', 'archive_storage',
+                                 'redaction_request', 'redacted_row'] LOOP
     FOREACH op IN ARRAY ARRAY['update', 'delete', 'truncate'] LOOP
       EXECUTE format('CREATE TRIGGER %I BEFORE %s ON audit.%I FOR EACH %s EXECUTE FUNCTION audit.refuse_audit_change()',
                      tbl || '_refuse_' || op, upper(op), tbl,

@@ -372,6 +372,8 @@ SELECT audit.enable_tenant_isolation('audit.audit_preset', shared_null_rows => t
 SELECT audit.enable_tenant_isolation('audit.organization_role');
 SELECT audit.enable_tenant_isolation('audit.organization_role_assignment');
 SELECT audit.enable_tenant_isolation('audit.audit_integrity_log');
+SELECT audit.enable_tenant_isolation('audit.redaction_request');
+SELECT audit.enable_tenant_isolation('audit.redacted_row');
 
 SELECT pg_catalog.pg_extension_config_dump('audit.organization_access', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.organization_role', '');

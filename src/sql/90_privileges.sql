@@ -86,5 +86,20 @@ GRANT SELECT ON audit.tenant_isolation_status, audit.tenant_isolated_table TO au
 GRANT EXECUTE ON FUNCTION audit.tenant_isolation_warnings(regclass), audit.tenant_policy_definitions(regclass)
                  TO audit_db_auditor;
 
+-- GDPR (69_gdpr.sql): the four entry points decide themselves who may act
+-- (audit_db_privacy_officer everywhere; organization permission
+-- gdpr/<operation> in the session's organization) and run as the owner.
+-- Keys and the mapping are granted to nobody; auditors read the requests and
+-- the attestations (both tenant-isolated; audit.export_chain() exports them).
+GRANT USAGE ON SCHEMA audit TO audit_db_privacy_officer;
+GRANT EXECUTE ON FUNCTION audit.pseudonymize(text, text, text, text, text),
+                          audit.original_id(text, text, text),
+                          audit.export_subject(text, text, text),
+                          audit.erase_subject(text, text, boolean, text) TO PUBLIC;
+GRANT SELECT ON audit.redaction_request, audit.redacted_row, audit.erasure_exemption
+   TO audit_db_auditor, audit_db_privacy_officer;
+GRANT EXECUTE ON FUNCTION audit.redacted_fields_digest(audit.audit_log),
+                          audit.mentions_subject(audit.audit_log, text[]) TO audit_db_auditor;
+
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();
