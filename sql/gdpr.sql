@@ -9,15 +9,6 @@
 \i sql/include/fresh_extension.sql
 \set VERBOSITY terse
 
--- SQLSTATE and message of a statement's error (the statement is undone).
-CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE sql;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 CREATE ROLE regress_gd_officer LOGIN IN ROLE audit_db_privacy_officer, audit_db_auditor;
 CREATE ROLE regress_gd_nobody LOGIN;

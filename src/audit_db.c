@@ -32,6 +32,7 @@
 
 #include "audit_db.h"
 #include "audit_log_columns.h"
+#include "config_changes.h"
 #include "immutability.h"
 #include "maintenance.h"
 #include "partition_manager.h"
@@ -140,7 +141,8 @@ lock_out_workers(void)
  *		have audit_db's background worker leave it; before DROP EXTENSION
  *		audit_db, keep the sealer and maintenance out of the extension's tables;
  *		on DISCARD ALL (a pooler handing the connection on), forget the
- *		session's audit.set_organization().
+ *		session's audit.set_organization(); after a change of an audit_db.*
+ *		setting, record it (config_changes.c).
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -148,6 +150,7 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 					  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Oid			dboid = release_database_of(pstmt->utilityStmt);
+	AuditSettingChange *change = audit_setting_change_begin(pstmt->utilityStmt);
 
 	if (OidIsValid(dboid))
 		audit_worker_release_database(dboid);
@@ -159,6 +162,8 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
+	audit_setting_change_finish(change);
+
 	/* Only once it succeeded (DISCARD ALL is refused in a transaction block). */
 	if (IsA(pstmt->utilityStmt, DiscardStmt) &&
 		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL)
@@ -167,6 +172,9 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 
 /* audit_db.max_details_bytes: upper bound of one event's details document. */
 int			audit_max_details_bytes = 1024 * 1024;
+
+/* audit_db.change_reason: read by audit.change_reason() (SQL). */
+static char *audit_change_reason = NULL;
 
 /*
  * audit_plan_transaction_range_scans
@@ -324,6 +332,26 @@ _PG_init(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("audit_db.alert_interval",
+							"How often the background worker evaluates alert rules and runs due worker-scheduled reports; 0 turns it off.",
+							"Needs audit_db in shared_preload_libraries; without it, call audit.evaluate_alert_rules() from cron.",
+							&audit_alert_interval_s,
+							60,
+							0,
+							24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("audit_db.change_reason",
+							   "Why the configuration change in progress is made: recorded in audit.config_change_event.",
+							   "SET LOCAL it before changing a policy row or an audit_db setting.",
+							   &audit_change_reason,
+							   "",
+							   PGC_USERSET,
+							   0,
 							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("audit_db");

@@ -18,9 +18,11 @@
  *		one run's duration once it is sealable; while runs find nothing the
  *		pause doubles up to one second), and a maintenance run
  *		(maintenance.c) when it starts and every
- *		audit_db.maintenance_interval.  An
- *		error is logged and retried with exponential back-off (up to one
- *		minute) instead of ending the worker.
+ *		audit_db.maintenance_interval, and every audit_db.alert_interval
+ *		the alert rules (audit.evaluate_alert_rules()) and the reports it
+ *		schedules (audit.run_due_reports()).  An error is logged, recorded
+ *		in audit.error_log, and retried with exponential back-off (up to
+ *		one minute) instead of ending the worker.
  *
  * Database workers connect as audit_db.worker_role (resolved by the
  * launcher; empty: the bootstrap superuser).  The role needs LOGIN and must
@@ -71,6 +73,7 @@
 #include "worker.h"
 
 int			audit_seal_interval_ms = 200;
+int			audit_alert_interval_s = 60;
 
 /* The longest pause between the probes of an idle database (see below). */
 #define IDLE_INTERVAL_MS	1000
@@ -387,8 +390,17 @@ audit_launcher_main(Datum arg)
 					tracked[i].retry_at = 0;
 		}
 		for (int i = 0; i < ntracked; i++)
+		{
+			/*
+			 * A database now in audit_db.skip_databases (or gone): stop its
+			 * worker for good; the postmaster would restart one that merely
+			 * exited.
+			 */
+			if (!tracked[i].listed && tracked[i].handle != NULL)
+				TerminateBackgroundWorker(tracked[i].handle);
 			if (worker_running(&tracked[i]))
 				running++;
+		}
 		for (int i = 0; i < ntracked && running < audit_max_database_workers; i++)
 		{
 			TrackedDatabase *t = &tracked[i];
@@ -418,6 +430,8 @@ typedef enum SealOutcome
 	SEAL_FAILED,
 	SEAL_NO_EXTENSION
 } SealOutcome;
+
+static void job_failed(const char *source, MemoryContext cxt);
 
 /* OID of the audit_db extension the last seal run saw (a new one: re-created). */
 static Oid	seen_extension = InvalidOid;
@@ -453,15 +467,114 @@ seal_once(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(cxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		job_failed("seal", cxt);
 		outcome = SEAL_FAILED;
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return outcome;
+}
+
+/*
+ * run_statement
+ *		One SQL statement through SPI, inside the current transaction, when
+ *		this database still has the extension.
+ */
+static void
+run_statement(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	if (!OidIsValid(get_extension_oid("audit_db", true)))
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) < 0)
+		elog(ERROR, "audit_db worker: \"%s\" failed", sql);
+	SPI_finish();
+	PopActiveSnapshot();
+}
+
+/*
+ * record_job_error
+ *		After a job's transaction was aborted: record its error in
+ *		audit.error_log, in a transaction of its own (an error here is only
+ *		logged).
+ */
+static void
+record_job_error(const char *source, ErrorData *edata)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	values[0] = CStringGetTextDatum(source);
+	values[1] = CStringGetTextDatum(edata->message ? edata->message : "(no message)");
+	values[2] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+	values[3] = edata->detail ? CStringGetTextDatum(edata->detail) : (Datum) 0;
+	nulls[3] = edata->detail ? ' ' : 'n';
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		run_statement("SELECT audit.report_error($1, $2, $3, $4)", 4,
+					  (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID}, values, nulls);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+}
+
+/*
+ * job_failed
+ *		In a PG_CATCH of a job: log the error, abort the transaction, and
+ *		record the error in audit.error_log under source.
+ */
+static void
+job_failed(const char *source, MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	record_job_error(source, edata);
+	FreeErrorData(edata);
+}
+
+/*
+ * run_job
+ *		One SQL statement of the worker's periodic jobs in a transaction of
+ *		its own; an error is logged and recorded in audit.error_log.
+ */
+static void
+run_job(const char *source, const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, sql);
+	PG_TRY();
+	{
+		run_statement(sql, 0, NULL, NULL, NULL);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		job_failed(source, cxt);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -517,6 +630,7 @@ void
 audit_database_worker_main(Datum dboid)
 {
 	TimestampTz last_maintenance = 0;
+	TimestampTz last_jobs = 0;
 	Oid			maintained_extension = InvalidOid;
 	SealOutcome outcome;
 
@@ -585,6 +699,15 @@ audit_database_worker_main(Datum dboid)
 		{
 			last_maintenance = GetCurrentTimestamp();
 			maintenance_once();
+		}
+
+		/* Alert rules and worker-scheduled reports: every audit_db.alert_interval. */
+		if (missing_checks == 0 && audit_alert_interval_s > 0 &&
+			TimestampDifferenceExceeds(last_jobs, GetCurrentTimestamp(), audit_alert_interval_s * 1000))
+		{
+			last_jobs = GetCurrentTimestamp();
+			run_job("alerts", "SELECT * FROM audit.evaluate_alert_rules()");
+			run_job("report", "SELECT audit.run_due_reports()");
 		}
 
 		if (missing_checks > 0)

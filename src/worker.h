@@ -13,6 +13,7 @@
 
 /* Settings (documented in audit_db.c). */
 extern int	audit_seal_interval_ms;
+extern int	audit_alert_interval_s;	/* audit_db.alert_interval */
 extern int	audit_max_database_workers;
 extern char *audit_skip_databases;
 extern char *audit_worker_role;

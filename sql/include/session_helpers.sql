@@ -34,3 +34,14 @@ BEGIN
   RETURN false;
 END
 $$;
+
+-- SQLSTATE and message of a statement's error, or 'no error' (an error
+-- undoes the statement). Any role of the session may call it.
+CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE sql;
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;

@@ -101,5 +101,30 @@ GRANT SELECT ON audit.redaction_request, audit.redacted_row, audit.erasure_exemp
 GRANT EXECUTE ON FUNCTION audit.redacted_fields_digest(audit.audit_log),
                           audit.mentions_subject(audit.audit_log, text[]) TO audit_db_auditor;
 
+-- Alerts, errors, health, reports (80-88): writers raise alerts and report
+-- errors of their organization; auditors read, acknowledge and resolve
+-- alerts, read errors, changes, statistics and reports, and generate
+-- reports. Evaluating rules, scheduling and running stored reports stay
+-- with the extension's owner (and the worker, and pg_cron jobs it creates).
+GRANT SELECT, INSERT, UPDATE (occurrences, last_seen_at, metadata) ON audit.alerts TO audit_db_writer;
+GRANT EXECUTE ON FUNCTION audit.raise_alert(text, text, text, text, text, text, text, jsonb, text, bigint),
+                          audit.report_error(text, text, text, text, jsonb, text, text),
+                          audit.error_key(text, text, text) TO audit_db_writer;
+GRANT SELECT ON audit.alerts, audit.alert_rules, audit.error_log, audit.error_aggregation,
+                audit.config_change_event, audit.report_templates, audit.scheduled_reports,
+                audit.report_executions, audit.table_statistics, audit.partition_statistics,
+                audit.index_usage, audit.unused_indexes TO audit_db_auditor;
+GRANT UPDATE (acknowledged, acknowledged_by, acknowledged_at, resolved, resolved_by, resolved_at,
+              resolution_notes) ON audit.alerts TO audit_db_auditor;
+GRANT EXECUTE ON FUNCTION audit.active_alerts(text),
+                          audit.query_alerts(text, text, text, text, timestamptz, timestamptz, integer),
+                          audit.alert_statistics(timestamptz), audit.acknowledge_alert(bigint),
+                          audit.resolve_alert(bigint, text), audit.alert_actor(), audit.alert_exists(bigint),
+                          audit.health(), audit.metrics_prometheus(), audit.slow_statements(integer),
+                          audit.generate_report(text, jsonb, text, text), audit.report_template(text, jsonb, text),
+                          audit.report_rows(text, jsonb, text), audit.report_columns(text),
+                          audit.cron_next(text, timestamptz)
+                 TO audit_db_auditor;
+
 -- Last: the sealing worker for this database can start now.
 SELECT audit.wake_launcher();
