@@ -30,6 +30,7 @@ OBJS        = src/audit_db.o \
               src/pseudonyms.o \
               src/redaction.o \
               src/config_changes.o \
+              src/change_tracking.o \
               src/worker.o
 
 # -Wextra, less two warnings PostgreSQL's own sources do not build with:
@@ -40,7 +41,7 @@ PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive tenancy gdpr alerts reports health
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive tenancy gdpr alerts reports health change_tracking
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -32,6 +32,7 @@
 
 #include "audit_db.h"
 #include "audit_log_columns.h"
+#include "change_tracking.h"
 #include "config_changes.h"
 #include "immutability.h"
 #include "maintenance.h"
@@ -175,6 +176,23 @@ int			audit_max_details_bytes = 1024 * 1024;
 
 /* audit_db.change_reason: read by audit.change_reason() (SQL). */
 static char *audit_change_reason = NULL;
+
+/*
+ * audit_pin_search_path
+ *		Make the statements that follow resolve names only in pg_catalog
+ *		and pg_temp, whatever the caller's search_path.  Returns the GUC nest
+ *		level to pass to AtEOXact_GUC(true, ...) when done; an error undoes
+ *		the setting with the transaction.
+ */
+int
+audit_pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
 
 /*
  * audit_plan_transaction_range_scans
@@ -361,6 +379,7 @@ _PG_init(void)
 	audit_verification_init();
 	audit_tenancy_init();
 	audit_organization_roles_init();
+	audit_change_tracking_init();
 	if (process_shared_preload_libraries_in_progress)
 		audit_worker_register_launcher();
 

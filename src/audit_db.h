@@ -26,5 +26,6 @@
 extern int	audit_max_details_bytes;
 
 extern int	audit_plan_transaction_range_scans(void);
+extern int	audit_pin_search_path(void);
 
 #endif							/* AUDIT_DB_H */

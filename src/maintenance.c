@@ -127,10 +127,8 @@ run_step(MaintenanceRun *run, const char *step, StepFunction fn, void *arg)
 	PG_TRY();
 	{
 		/* A procedure cannot pin search_path with SET and still commit: pin it per step. */
-		int			save_nestlevel = NewGUCNestLevel();
+		int			save_nestlevel = audit_pin_search_path();
 
-		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		fn(run, arg);
 		PopActiveSnapshot();

@@ -705,13 +705,13 @@ static bool administrative_event_in_progress = false;
 /* Action prefixes only audit_record_administrative_event() may write. */
 static const char *const reserved_action_prefixes[] = {
 	"organization_access.", "organization_role.", "organization_role_assignment.", "tenant_isolation.",
-	"gdpr."
+	"gdpr.", "change_tracking."
 };
 
 bool
 audit_action_is_reserved(const char *action, int len)
 {
-	if (len == 0 || (action[0] != 'o' && action[0] != 't' && action[0] != 'g') ||
+	if (len == 0 || (action[0] != 'o' && action[0] != 't' && action[0] != 'g' && action[0] != 'c') ||
 		administrative_event_in_progress)
 		return false;
 	for (int i = 0; i < lengthof(reserved_action_prefixes); i++)
@@ -795,9 +795,7 @@ audit_record_administrative_event_kept(const char *action, const char *organizat
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/* Written as the owner: nothing of the caller's search_path may apply. */
-	nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	nestlevel = audit_pin_search_path();
 	SetUserIdAndSecContext(audit_extension_owner(),
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 	administrative_event_in_progress = true;

@@ -1,0 +1,171 @@
+-- change_tracking: audit.track_table() on ordinary tables (issue 8).
+-- INSERT, UPDATE, DELETE and TRUNCATE give exactly the expected events
+-- (action, target, diff; excluded columns absent, hashed ones hashed); a
+-- table without a primary key works; a rolled-back change leaves no event;
+-- the events are sealed and verify; the organization comes from a column;
+-- DDL is logged, renamed and added columns are handled; the triggers cannot
+-- be dropped or disabled behind audit.untrack_table(); switching tracking
+-- on and off is logged, and only allowed roles may.
+
+\i sql/include/fresh_extension.sql
+\set VERBOSITY terse
+
+CREATE TABLE public.patients (
+  id         integer PRIMARY KEY,
+  clinic     text NOT NULL,
+  name       text,
+  ssn        text,
+  notes      text,
+  active     boolean DEFAULT true,
+  balance    numeric(10, 2),
+  attributes jsonb
+);
+CREATE TABLE public.visit_log (patient integer, seen_at date, room text);    -- no primary key
+CREATE TABLE public.order_lines (order_id integer, line integer, qty integer, PRIMARY KEY (order_id, line));
+
+-- Errors.
+SELECT pg_temp.error_of($$SELECT audit.track_table('public.patients', operations => '{INSERT,MERGE}')$$);
+SELECT pg_temp.error_of($$SELECT audit.track_table('public.patients', exclude_columns => '{nope}')$$);
+SELECT pg_temp.error_of($$SELECT audit.track_table('public.patients', exclude_columns => '{ssn}', hash_columns => '{ssn}')$$);
+SELECT pg_temp.error_of($$SELECT audit.track_table('public.patients', data_classification => 'SECRET')$$);
+SELECT pg_temp.error_of($$SELECT audit.track_table('public.patients', organization_column => 'clinic', organization_id => 'x')$$);
+SELECT pg_temp.error_of($$SELECT audit.track_table('audit.alerts')$$);
+SELECT pg_temp.error_of($$SELECT audit.untrack_table('public.patients')$$);
+SELECT count(*) AS tracked FROM audit.tracked_table;
+
+SELECT audit.track_table('public.patients', exclude_columns => '{notes}', hash_columns => '{ssn}',
+                         data_classification => 'PHI', organization_column => 'clinic');
+SELECT audit.track_table('public.visit_log', operations => '{INSERT,DELETE}', organization_id => 'clinic_b');
+SELECT audit.track_table('public.order_lines', full_rows => true);
+SELECT table_name, operations, excluded_columns, hashed_columns, full_rows, data_classification,
+       organization_column, organization_id, trigger_active
+  FROM audit.tracked_tables ORDER BY table_name::text;
+SELECT action, target_resource_type, target_resource_id, details->'operations' AS operations
+  FROM audit.audit_log WHERE action LIKE 'change_tracking.%' ORDER BY id;
+
+-- The changes.
+CREATE TEMP TABLE mark AS SELECT coalesce(max(id), 0) AS last FROM audit.audit_log;
+INSERT INTO public.patients VALUES
+  (1, 'clinic_a', 'Ann', '123-45-6789', 'private note', true, 10.50, '{"allergies": ["nuts"]}'),
+  (2, 'clinic_b', 'Bob', NULL, NULL, true, 0, NULL);
+UPDATE public.patients SET balance = 12.00, notes = 'changed note' WHERE id = 1;
+UPDATE public.patients SET notes = 'only the excluded column' WHERE id = 2;
+DELETE FROM public.patients WHERE id = 2;
+BEGIN;
+INSERT INTO public.patients VALUES (3, 'clinic_a', 'Rolled Back');
+ROLLBACK;
+INSERT INTO public.visit_log VALUES (1, '2026-11-30', 'A1'), (1, '2026-11-30', 'A1');
+UPDATE public.visit_log SET room = 'B2';                       -- UPDATE is not tracked here
+DELETE FROM public.visit_log WHERE room = 'B2';
+INSERT INTO public.order_lines VALUES (7, 1, 3);
+UPDATE public.order_lines SET qty = 4;
+TRUNCATE public.order_lines;
+
+SELECT a.action, a.target_resource_type, a.target_resource_id, a.organization_id, a.data_classification,
+       a.principal_id = current_user AS by_me
+  FROM audit.audit_log a, mark WHERE a.id > mark.last ORDER BY a.id;
+-- The diffs: excluded columns absent, hashed ones hashed, updates keep only
+-- what changed (unless full rows), JSON types kept.
+SELECT a.action, a.details->'old' AS old, a.details->'new' AS new, a.details->'changed' AS changed
+  FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action LIKE 'patients.%' ORDER BY a.id;
+SELECT a.details->'new'->>'ssn' = 'sha256:' || encode(sha256('123-45-6789'), 'hex') AS ssn_hashed,
+       a.details::text LIKE '%private note%' AS notes_leaked
+  FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action = 'patients.insert' AND a.target_resource_id = '1';
+SELECT a.action, a.target_resource_id ~ '^row:[0-9a-f]{64}$' AS row_identity, a.details->'new' AS new,
+       a.details->'old' AS old
+  FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action LIKE 'visit_log.%' ORDER BY a.id;
+SELECT a.action, a.details->'old' AS old, a.details->'new' AS new
+  FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action LIKE 'order_lines.%' ORDER BY a.id;
+-- The actor and the statement: every row of one statement shares a correlation id.
+SELECT a.details->'actor'->>'session_user' = session_user AS session_user_ok,
+       a.details->'actor'->>'current_user' = current_user AS current_user_ok,
+       a.details->'actor' ? 'transaction_id' AS has_xid, a.correlation_id ~ '^stmt:[0-9]+\.[0-9]+\.[0-9]+$' AS stmt
+  FROM audit.audit_log a, mark WHERE a.id > mark.last ORDER BY a.id LIMIT 1;
+SELECT count(DISTINCT a.correlation_id) AS statements, count(*) AS rows
+  FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action = 'visit_log.insert';
+SELECT count(*) AS rolled_back_events FROM audit.audit_log a WHERE a.target_resource_id = '3';
+
+-- Sealed and verified like every other event.
+SELECT pg_temp.seal_all() AS sealed;
+SELECT count(*) AS problems FROM audit.verify();
+
+-- DDL: logged; a renamed column keeps its options (by number), an added one
+-- is tracked; the cache follows without a reconnect.
+ALTER TABLE public.patients RENAME COLUMN ssn TO social_security;
+ALTER TABLE public.patients ADD COLUMN email text;
+SELECT hashed_columns, excluded_columns FROM audit.tracked_tables WHERE table_name = 'public.patients'::regclass;
+INSERT INTO public.patients (id, clinic, name, social_security, email) VALUES (4, 'clinic_a', 'Dee', '999', 'dee@x');
+SELECT a.details->'new'->>'social_security' LIKE 'sha256:%' AS still_hashed, a.details->'new'->>'email' AS email
+  FROM audit.audit_log a WHERE a.action = 'patients.insert' AND a.target_resource_id = '4';
+SELECT details->>'command_tag' AS command_tag, target_resource_id
+  FROM audit.audit_log WHERE action = 'change_tracking.ddl' ORDER BY id;
+
+-- The triggers cannot be dropped or disabled behind the registry's back.
+SELECT pg_temp.error_of($$DROP TRIGGER audit_db_changes ON public.patients$$);
+SELECT pg_temp.error_of($$ALTER TABLE public.patients DISABLE TRIGGER audit_db_changes$$);
+SELECT pg_temp.error_of($$ALTER TABLE public.patients DISABLE TRIGGER ALL$$);
+SELECT trigger_active FROM audit.tracked_tables WHERE table_name = 'public.patients'::regclass;
+
+-- Tenant isolation applies: clinic_a's application sees clinic_a's events only.
+CREATE ROLE regress_ct_clinic_a LOGIN IN ROLE audit_db_auditor;
+SELECT audit.grant_organization_access('regress_ct_clinic_a', 'clinic_a');
+INSERT INTO audit.organization_role (organization_id, role_name, permissions)
+VALUES ('clinic_a', 'reader', '[{"resource": "audit.audit_log", "action": "read"}]');
+INSERT INTO audit.organization_role_assignment (organization_id, principal_id, role_name)
+VALUES ('clinic_a', 'regress_ct_clinic_a', 'reader');
+SET SESSION AUTHORIZATION regress_ct_clinic_a;
+SELECT DISTINCT organization_id FROM audit.audit_log WHERE action LIKE 'patients.%';
+RESET SESSION AUTHORIZATION;
+
+-- Who may switch tracking: the owner, and whom it grants EXECUTE; the table's
+-- own writers need nothing on the audit tables.
+CREATE ROLE regress_ct_app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.patients TO regress_ct_app;
+SET SESSION AUTHORIZATION regress_ct_app;
+INSERT INTO public.patients (id, clinic, name) VALUES (5, 'clinic_b', 'Eve');
+SELECT pg_temp.error_of($$SELECT audit.untrack_table('public.patients')$$);
+RESET SESSION AUTHORIZATION;
+SELECT principal_id, details->'actor'->>'current_user' AS current_user, details->'actor'->>'session_user' AS session_user
+  FROM audit.audit_log WHERE action = 'patients.insert' AND target_resource_id = '5';
+
+-- Untracking, by a role the owner allowed to: logged, triggers gone, no more
+-- events; DROP TABLE of a tracked table is logged and forgets it.
+GRANT USAGE ON SCHEMA audit TO regress_ct_app;
+GRANT EXECUTE ON FUNCTION audit.untrack_table(regclass) TO regress_ct_app;
+SET SESSION AUTHORIZATION regress_ct_app;
+SELECT audit.untrack_table('public.patients');
+RESET SESSION AUTHORIZATION;
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'public.patients'::regclass AND NOT tgisinternal;
+INSERT INTO public.patients (id, clinic) VALUES (6, 'clinic_a');
+SELECT count(*) AS events_for_6 FROM audit.audit_log WHERE action LIKE 'patients.%' AND target_resource_id = '6';
+DROP TABLE public.visit_log;
+SELECT table_name::text FROM audit.tracked_table ORDER BY 1;
+SELECT action, target_resource_id, principal_id FROM audit.audit_log
+ WHERE action IN ('change_tracking.disable', 'change_tracking.drop') ORDER BY id;
+SELECT pg_temp.error_of($$INSERT INTO audit.audit_log (action, status) VALUES ('change_tracking.disable', 'success')$$);
+
+-- A partitioned table: its partitions (one with another column order) fire
+-- the tracking trigger, and their rows are recorded as the parent's.
+CREATE TABLE public.readings (site text, taken date, value integer, PRIMARY KEY (site, taken))
+  PARTITION BY RANGE (taken);
+CREATE TABLE public.readings_2026 PARTITION OF public.readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE public.readings_2027 (value integer, taken date NOT NULL, site text NOT NULL);
+ALTER TABLE public.readings ATTACH PARTITION public.readings_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+SELECT audit.track_table('public.readings', hash_columns => '{value}');
+INSERT INTO public.readings VALUES ('north', '2026-05-01', 7), ('south', '2027-02-01', 9);
+UPDATE public.readings SET value = 10 WHERE site = 'south';
+SELECT action, target_resource_type, target_resource_id, details->'new'->>'value' LIKE 'sha256:%' AS hashed,
+       details->'changed' AS changed
+  FROM audit.audit_log WHERE action LIKE 'readings.%' ORDER BY id;
+
+-- Cleanup.
+SELECT audit.untrack_table('public.readings');
+DROP TABLE public.readings;
+SELECT audit.untrack_table('public.order_lines');
+DROP TABLE public.patients, public.order_lines;
+DELETE FROM audit.organization_role_assignment;
+DELETE FROM audit.organization_role;
+DELETE FROM audit.organization_access;
+REVOKE ALL ON FUNCTION audit.untrack_table(regclass) FROM regress_ct_app;
+REVOKE ALL ON SCHEMA audit FROM regress_ct_app;
+DROP ROLE regress_ct_app, regress_ct_clinic_a;

@@ -1,0 +1,841 @@
+/*-------------------------------------------------------------------------
+ *
+ * change_tracking.c
+ *	  The trigger of tracked tables (audit.track_table()): one audit event
+ *	  per inserted, updated or deleted row, and one per TRUNCATE, written
+ *	  into audit.audit_log as the extension's owner.
+ *
+ * An event:
+ *	  action                '<table>.insert' / '.update' / '.delete' / '.truncate'
+ *	                        (<table> is schema.name, or name in schema public)
+ *	  target_resource_type  the table, schema-qualified
+ *	  target_resource_id    the primary key (its value; a JSON array for a
+ *	                        composite key), or for a table without one
+ *	                        'row:' and the SHA-256 of the row's values
+ *	  principal_id          the session's principal (audit.current_principal())
+ *	  organization_id       the row's organization column, the fixed value,
+ *	                        or the session's organization
+ *	  correlation_id        'stmt:<pid>.<transaction>.<command>': the same
+ *	                        for every row of one statement
+ *	  details               {"operation", "table", "old", "new", "changed",
+ *	                        "actor": {session_user, current_user,
+ *	                        application_name, client_addr, transaction_id}}
+ *	                        Excluded columns are left out; hashed ones are
+ *	                        'sha256:<hex>' of their text; an UPDATE keeps only
+ *	                        the changed columns in old and new unless the
+ *	                        table stores full rows.
+ *
+ * Everything the trigger needs about a table is loaded once per backend
+ * (options from audit.tracked_table, columns, primary key, output
+ * functions) and dropped on a relcache invalidation of the table or of the
+ * registry: no catalog or registry query per row. Column options are
+ * matched by name on the row's relation, so partitions of a tracked table
+ * (whose column numbers may differ) work too.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/datum.h"
+#include "utils/json.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "audit_db.h"
+#include "change_tracking.h"
+#include "hashing.h"
+#include "tenancy.h"
+
+typedef enum ValueKind
+{
+	VK_TEXT,
+	VK_NUMBER,
+	VK_BOOL,
+	VK_JSONB,
+	VK_DATETIME					/* ISO 8601 whatever the session's DateStyle */
+} ValueKind;
+
+typedef struct TrackedColumn
+{
+	AttrNumber	attnum;			/* 1-based, in the row's relation */
+	char	   *name;
+	bool		excluded;
+	bool		hashed;
+	ValueKind	kind;
+	Oid			type;
+	bool		byval;
+	int16		len;
+	FmgrInfo	output;
+} TrackedColumn;
+
+enum
+{
+	OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE, OP_COUNT
+};
+static const char *const op_names[OP_COUNT] = {"insert", "update", "delete", "truncate"};
+static const char *const op_sql[OP_COUNT] = {"INSERT", "UPDATE", "DELETE", "TRUNCATE"};
+
+typedef struct TrackedTable
+{
+	Oid			relid;			/* hash key: the row's relation */
+	bool		valid;
+	bool		tracked;
+	bool		ops[OP_COUNT];
+	bool		full_rows;
+	char	   *table;			/* the tracked table, schema-qualified */
+	char	   *action_prefix;	/* '<table>.' */
+	char	   *classification;
+	char	   *retention;
+	char	   *fixed_org;
+	int			org_col;		/* index into cols, -1: none */
+	int			ncols;
+	TrackedColumn *cols;
+	int			nkeys;
+	int		   *keys;			/* indexes into cols, in key order */
+	Oid			owner;			/* the extension's owner, who writes the events */
+	MemoryContext cxt;
+} TrackedTable;
+
+static HTAB *tracked_cache = NULL;
+static Oid	registry_relid = InvalidOid;
+static SPIPlanPtr insert_plan = NULL;
+
+/*
+ * invalidate
+ *		Relcache callback: a change of the table, or of the registry (or a
+ *		reset), drops what was loaded.
+ */
+static void
+invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS seq;
+	TrackedTable *t;
+
+	if (tracked_cache == NULL)
+		return;
+	if (!OidIsValid(relid) || relid == registry_relid)
+	{
+		hash_seq_init(&seq, tracked_cache);
+		while ((t = hash_seq_search(&seq)) != NULL)
+			t->valid = false;
+		return;
+	}
+	t = hash_search(tracked_cache, &relid, HASH_FIND, NULL);
+	if (t != NULL)
+		t->valid = false;
+}
+
+void
+audit_change_tracking_init(void)
+{
+	CacheRegisterRelcacheCallback(invalidate, (Datum) 0);
+}
+
+/* The kind of JSON value a column's type becomes. */
+static ValueKind
+value_kind(Oid type)
+{
+	switch (type)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case NUMERICOID:
+			return VK_NUMBER;
+		case BOOLOID:
+			return VK_BOOL;
+		case JSONBOID:
+			return VK_JSONB;
+		case DATEOID:
+		case TIMEOID:
+		case TIMETZOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return VK_DATETIME;
+		default:
+			return VK_TEXT;
+	}
+}
+
+/* Whether name is one of the elements of a text[] datum. */
+static bool
+array_has_name(Datum arr, bool isnull, const char *name)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (isnull)
+		return false;
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && strcmp(TextDatumGetCString(elems[i]), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * load
+ *		Fill t for the row's relation rel: the registry row of rel or of the
+ *		partitioned table it belongs to, read as the extension's owner.
+ */
+static void
+load(TrackedTable *t, Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	List	   *ancestors = get_partition_ancestors(relid);
+	Datum	   *oids;
+	int			noids = 1 + list_length(ancestors);
+	ListCell   *lc;
+	int			i = 0;
+	Datum		arg;
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+	MemoryContext old;
+	TupleDesc	desc = RelationGetDescr(rel);
+	Oid			pkidx;
+
+	if (t->cxt == NULL)
+		t->cxt = AllocSetContextCreate(CacheMemoryContext, "audit_db tracked table", ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(t->cxt);
+	t->tracked = false;
+	t->cols = NULL;
+	t->ncols = 0;
+	t->nkeys = 0;
+	t->org_col = -1;
+
+	registry_relid = audit_tenancy_relid("tracked_table");
+	if (!OidIsValid(registry_relid))
+	{
+		t->valid = true;
+		return;					/* the extension is being dropped */
+	}
+	t->owner = audit_extension_owner();
+
+	oids = palloc(noids * sizeof(Datum));
+	oids[i++] = ObjectIdGetDatum(relid);
+	foreach(lc, ancestors)
+		oids[i++] = ObjectIdGetDatum(lfirst_oid(lc));
+	arg = PointerGetDatum(construct_array(oids, noids, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nestlevel = audit_pin_search_path();
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	PG_TRY();
+	{
+		/* The nearest registered relation: itself, else its closest ancestor. */
+		if (SPI_execute_with_args("SELECT t.operations, audit.column_names(t.table_name, t.excluded_attnums),"
+								  " audit.column_names(t.table_name, t.hashed_attnums), t.full_rows,"
+								  " t.data_classification::text, t.retention_policy::text,"
+								  " (audit.column_names(t.table_name, ARRAY[t.organization_attnum]))[1],"
+								  " t.organization_id::text, t.table_name::oid"
+								  " FROM audit.tracked_table t, unnest($1) WITH ORDINALITY AS r(oid, n)"
+								  " WHERE t.table_name = r.oid ORDER BY r.n LIMIT 1",
+								  1, (Oid[]) {OIDARRAYOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "audit_db: reading audit.tracked_table failed");
+		if (SPI_processed == 1)
+		{
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	rd = SPI_tuptable->tupdesc;
+			bool		isnull[9];
+			Datum		v[9];
+			Datum	   *ops;
+			bool	   *opnulls;
+			int			nops;
+			Oid			tracked_relid;
+			char	   *nsp;
+			char	   *relname;
+
+			for (int k = 0; k < 9; k++)
+				v[k] = SPI_getbinval(row, rd, k + 1, &isnull[k]);
+			old = MemoryContextSwitchTo(t->cxt);
+			t->tracked = true;
+			memset(t->ops, 0, sizeof(t->ops));
+			deconstruct_array(DatumGetArrayTypeP(v[0]), TEXTOID, -1, false, TYPALIGN_INT, &ops, &opnulls, &nops);
+			for (int k = 0; k < nops; k++)
+				for (int o = 0; o < OP_COUNT; o++)
+					if (!opnulls[k] && strcmp(TextDatumGetCString(ops[k]), op_sql[o]) == 0)
+						t->ops[o] = true;
+			t->full_rows = DatumGetBool(v[3]);
+			t->classification = TextDatumGetCString(v[4]);
+			t->retention = TextDatumGetCString(v[5]);
+			t->fixed_org = isnull[7] ? NULL : TextDatumGetCString(v[7]);
+			tracked_relid = DatumGetObjectId(v[8]);
+			nsp = get_namespace_name(get_rel_namespace(tracked_relid));
+			relname = get_rel_name(tracked_relid);
+			t->table = psprintf("%s.%s", nsp, relname);
+			t->action_prefix = strcmp(nsp, "public") == 0 ? psprintf("%s.", relname) : psprintf("%s.", t->table);
+
+			t->cols = palloc0(desc->natts * sizeof(TrackedColumn));
+			for (int a = 0; a < desc->natts; a++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, a);
+				TrackedColumn *c;
+				Oid			outfn;
+				bool		varlena;
+
+				if (att->attisdropped)
+					continue;
+				c = &t->cols[t->ncols];
+				c->attnum = att->attnum;
+				c->name = pstrdup(NameStr(att->attname));
+				c->excluded = array_has_name(v[1], isnull[1], c->name);
+				c->hashed = array_has_name(v[2], isnull[2], c->name);
+				c->kind = value_kind(att->atttypid);
+				c->type = att->atttypid;
+				c->byval = att->attbyval;
+				c->len = att->attlen;
+				getTypeOutputInfo(att->atttypid, &outfn, &varlena);
+				fmgr_info_cxt(outfn, &c->output, t->cxt);
+				if (!isnull[6] && strcmp(c->name, TextDatumGetCString(v[6])) == 0)
+					t->org_col = t->ncols;
+				t->ncols++;
+			}
+			MemoryContextSwitchTo(old);
+		}
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	AtEOXact_GUC(true, nestlevel);
+	SPI_finish();
+
+	/* The primary key of the row's relation, in key order. */
+	pkidx = t->tracked ? RelationGetPrimaryKeyIndex(rel) : InvalidOid;
+	if (OidIsValid(pkidx))
+	{
+		HeapTuple	idx = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pkidx));
+
+		if (HeapTupleIsValid(idx))
+		{
+			Form_pg_index form = (Form_pg_index) GETSTRUCT(idx);
+
+			t->keys = MemoryContextAlloc(t->cxt, Max(1, form->indnkeyatts) * sizeof(int));
+			for (int k = 0; k < form->indnkeyatts; k++)
+				for (int c = 0; c < t->ncols; c++)
+					if (t->cols[c].attnum == form->indkey.values[k])
+						t->keys[t->nkeys++] = c;
+			ReleaseSysCache(idx);
+		}
+	}
+	t->valid = true;
+}
+
+/* The cached entry of rel, loaded when needed. */
+static TrackedTable *
+tracked_table_for(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	TrackedTable *t;
+	bool		found;
+
+	if (tracked_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(TrackedTable);
+		ctl.hcxt = CacheMemoryContext;
+		tracked_cache = hash_create("audit_db tracked tables", 32, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	t = hash_search(tracked_cache, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		t->valid = false;
+		t->cxt = NULL;
+	}
+	if (!t->valid)
+	{
+		t->valid = true;		/* an invalidation during the load clears it again */
+		PG_TRY();
+		{
+			load(t, rel);
+		}
+		PG_CATCH();
+		{
+			t->valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	return t;
+}
+
+/*
+ * value_text
+ *		Text of a column's value (palloc'd): its output function, except
+ *		for dates and times, written in ISO 8601 as JSON does, so that the
+ *		session's DateStyle does not change what is recorded.
+ */
+static char *
+value_text(TrackedColumn *c, Datum value)
+{
+	if (c->kind == VK_DATETIME)
+		return JsonEncodeDateTime(NULL, value, c->type, NULL);
+	return OutputFunctionCall(&c->output, value);
+}
+
+static void
+push_key(JsonbParseState **st, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(st, WJB_KEY, &k);
+}
+
+static void
+push_string(JsonbParseState **st, const char *s)
+{
+	JsonbValue	v;
+
+	if (s == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.type = jbvString;
+		v.val.string.val = (char *) s;
+		v.val.string.len = strlen(s);
+	}
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
+static void
+push_hex_sha256(JsonbParseState **st, const char *prefix, const char *data, size_t len)
+{
+	uint8		digest[AUDIT_HASH_LEN];
+	StringInfoData s;
+
+	audit_sha256(data, len, digest);
+	initStringInfo(&s);
+	appendStringInfoString(&s, prefix);
+	for (int i = 0; i < AUDIT_HASH_LEN; i++)
+		appendStringInfo(&s, "%02x", digest[i]);
+	push_string(st, s.data);
+}
+
+/* One column's value as a JSON value. */
+static void
+push_value(JsonbParseState **st, TrackedColumn *c, Datum value, bool isnull)
+{
+	JsonbValue	v;
+	char	   *text;
+
+	if (isnull)
+	{
+		v.type = jbvNull;
+		pushJsonbValue(st, WJB_VALUE, &v);
+		return;
+	}
+	if (c->hashed)
+	{
+		text = value_text(c, value);
+		push_hex_sha256(st, "sha256:", text, strlen(text));
+		return;
+	}
+	switch (c->kind)
+	{
+		case VK_BOOL:
+			v.type = jbvBool;
+			v.val.boolean = DatumGetBool(value);
+			pushJsonbValue(st, WJB_VALUE, &v);
+			return;
+		case VK_NUMBER:
+			text = value_text(c, value);
+			if (strcmp(text, "NaN") != 0 && strcmp(text, "Infinity") != 0 && strcmp(text, "-Infinity") != 0)
+			{
+				v.type = jbvNumeric;
+				v.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+																	ObjectIdGetDatum(InvalidOid),
+																	Int32GetDatum(-1)));
+				pushJsonbValue(st, WJB_VALUE, &v);
+				return;
+			}
+			push_string(st, text);
+			return;
+		case VK_JSONB:
+			{
+				Jsonb	   *jb = DatumGetJsonbP(value);
+
+				v.type = jbvBinary;
+				v.val.binary.data = &jb->root;
+				v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+				pushJsonbValue(st, WJB_VALUE, &v);
+				return;
+			}
+		default:
+			push_string(st, value_text(c, value));
+			return;
+	}
+}
+
+/* A row (all tracked columns, or those marked in only) as a JSON object. */
+static void
+push_row(JsonbParseState **st, TrackedTable *t, HeapTuple tuple, TupleDesc desc, const bool *only)
+{
+	pushJsonbValue(st, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < t->ncols; i++)
+	{
+		TrackedColumn *c = &t->cols[i];
+		bool		isnull;
+		Datum		value;
+
+		if (c->excluded || (only != NULL && !only[i]))
+			continue;
+		value = heap_getattr(tuple, c->attnum, desc, &isnull);
+		push_key(st, c->name);
+		push_value(st, c, value, isnull);
+	}
+	pushJsonbValue(st, WJB_END_OBJECT, NULL);
+}
+
+/*
+ * row_identity
+ *		The primary key of the row as text (a JSON array of texts for a
+ *		composite key), or 'row:' and the SHA-256 of all its values.
+ */
+static char *
+row_identity(TrackedTable *t, HeapTuple tuple, TupleDesc desc)
+{
+	StringInfoData s;
+	uint8		digest[AUDIT_HASH_LEN];
+
+	initStringInfo(&s);
+	if (t->nkeys == 1)
+	{
+		bool		isnull;
+		Datum		v = heap_getattr(tuple, t->cols[t->keys[0]].attnum, desc, &isnull);
+
+		return isnull ? NULL : value_text(&t->cols[t->keys[0]], v);
+	}
+	if (t->nkeys > 1)
+	{
+		appendStringInfoChar(&s, '[');
+		for (int k = 0; k < t->nkeys; k++)
+		{
+			TrackedColumn *c = &t->cols[t->keys[k]];
+			bool		isnull;
+			Datum		v = heap_getattr(tuple, c->attnum, desc, &isnull);
+
+			if (k > 0)
+				appendStringInfoString(&s, ", ");
+			if (isnull)
+				appendStringInfoString(&s, "null");
+			else
+				escape_json(&s, value_text(c, v));
+		}
+		appendStringInfoChar(&s, ']');
+		return s.data;
+	}
+	/* No primary key: length-prefixed texts of every column (NULL: 0xff). */
+	for (int i = 0; i < t->ncols; i++)
+	{
+		bool		isnull;
+		Datum		v = heap_getattr(tuple, t->cols[i].attnum, desc, &isnull);
+
+		if (isnull)
+			appendStringInfoChar(&s, (char) 0xff);
+		else
+		{
+			char	   *text = value_text(&t->cols[i], v);
+			uint32		len = strlen(text);
+			uint8		n[4] = {(uint8) (len >> 24), (uint8) (len >> 16), (uint8) (len >> 8), (uint8) len};
+
+			appendBinaryStringInfo(&s, (char *) n, 4);
+			appendBinaryStringInfo(&s, text, len);
+		}
+	}
+	audit_sha256(s.data, s.len, digest);
+	resetStringInfo(&s);
+	appendStringInfoString(&s, "row:");
+	for (int i = 0; i < AUDIT_HASH_LEN; i++)
+		appendStringInfo(&s, "%02x", digest[i]);
+	return s.data;
+}
+
+/* Who made the change, really. */
+static void
+push_actor(JsonbParseState **st)
+{
+	const char *app = GetConfigOption("application_name", true, false);
+	char	   *addr = NULL;
+	Datum		inet;
+
+	{
+		LOCAL_FCINFO(addr_fcinfo, 0);
+
+		InitFunctionCallInfoData(*addr_fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+		inet = inet_client_addr(addr_fcinfo);	/* NULL over a Unix socket */
+		if (!addr_fcinfo->isnull)
+			addr = DatumGetCString(DirectFunctionCall1(inet_out, inet));
+	}
+
+	push_key(st, "actor");
+	pushJsonbValue(st, WJB_BEGIN_OBJECT, NULL);
+	push_key(st, "session_user");
+	push_string(st, GetUserNameFromId(GetSessionUserId(), false));
+	push_key(st, "current_user");
+	push_string(st, GetUserNameFromId(GetUserId(), false));
+	push_key(st, "application_name");
+	push_string(st, app && app[0] ? app : NULL);
+	push_key(st, "client_addr");
+	push_string(st, addr);
+	push_key(st, "transaction_id");
+	push_string(st, psprintf(UINT64_FORMAT, U64FromFullTransactionId(GetTopFullTransactionId())));
+	pushJsonbValue(st, WJB_END_OBJECT, NULL);
+}
+
+/*
+ * write_event
+ *		Insert the event into audit.audit_log as the extension's owner.
+ */
+static void
+write_event(TrackedTable *t, int op, const char *target_id, const char *organization, Jsonb *details)
+{
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	const char *principal;
+	const char *session_org;
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+
+	audit_session_identity(&session_org, &principal);
+	if (organization == NULL)
+		organization = t->fixed_org ? t->fixed_org : session_org;
+
+	values[0] = CStringGetTextDatum(psprintf("%s%s", t->action_prefix, op_names[op]));
+	values[1] = principal ? CStringGetTextDatum(principal) : (Datum) 0;
+	nulls[1] = principal ? ' ' : 'n';
+	values[2] = organization ? CStringGetTextDatum(organization) : (Datum) 0;
+	nulls[2] = organization ? ' ' : 'n';
+	values[3] = CStringGetTextDatum(t->table);
+	values[4] = target_id ? CStringGetTextDatum(target_id) : (Datum) 0;
+	nulls[4] = target_id ? ' ' : 'n';
+	values[5] = CStringGetTextDatum(t->classification);
+	values[6] = CStringGetTextDatum(t->retention);
+	values[7] = CStringGetTextDatum(psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
+											 U64FromFullTransactionId(GetTopFullTransactionId()),
+											 GetCurrentCommandId(false)));
+	values[8] = JsonbPGetDatum(details);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	PG_TRY();
+	{
+		if (insert_plan == NULL)
+		{
+			int			nestlevel = audit_pin_search_path();
+			SPIPlanPtr	plan;
+
+			plan = SPI_prepare("INSERT INTO audit.audit_log (action, status, principal_id, organization_id,"
+							   " target_resource_type, target_resource_id, data_classification,"
+							   " retention_policy, correlation_id, details)"
+							   " VALUES ($1, 'success', $2, $3, $4, $5, $6, $7, $8, $9)",
+							   9, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+								   TEXTOID, JSONBOID});
+			AtEOXact_GUC(true, nestlevel);
+			if (plan == NULL)
+				elog(ERROR, "audit_db: preparing the change event insert failed: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(plan);
+			insert_plan = plan;
+		}
+		rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "audit_db: writing the change event failed: %s", SPI_result_code_string(rc));
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+PG_FUNCTION_INFO_V1(audit_record_change);
+
+/*
+ * audit_record_change
+ *		Trigger function audit.record_change(): AFTER INSERT OR UPDATE OR
+ *		DELETE FOR EACH ROW and AFTER TRUNCATE FOR EACH STATEMENT on tracked
+ *		tables (audit.track_table() creates the triggers).
+ */
+Datum
+audit_record_change(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TrackedTable *t;
+	TupleDesc	desc;
+	HeapTuple	old_row = NULL;
+	HeapTuple	new_row = NULL;
+	int			op;
+	JsonbParseState *st = NULL;
+	JsonbValue *doc;
+	bool	   *changed = NULL;
+	const char *organization = NULL;
+	char	   *target_id = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("audit.record_change() must be fired as an AFTER trigger"),
+				 errhint("audit.track_table() creates its triggers; do not attach it yourself.")));
+
+	t = tracked_table_for(trigdata->tg_relation);
+	if (!t->tracked)
+		return PointerGetDatum(NULL);	/* a leftover trigger: not tracked any more */
+	desc = RelationGetDescr(trigdata->tg_relation);
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		op = OP_TRUNCATE;
+	else if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("audit.record_change() must be fired for each row, except for TRUNCATE"),
+				 errhint("audit.track_table() creates its triggers; do not attach it yourself.")));
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		op = OP_INSERT;
+		new_row = trigdata->tg_trigtuple;
+	}
+	else if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		op = OP_UPDATE;
+		old_row = trigdata->tg_trigtuple;
+		new_row = trigdata->tg_newtuple;
+	}
+	else
+	{
+		op = OP_DELETE;
+		old_row = trigdata->tg_trigtuple;
+	}
+	if (!t->ops[op])
+		return PointerGetDatum(NULL);
+
+	if (op == OP_UPDATE)
+	{
+		changed = palloc0(Max(1, t->ncols) * sizeof(bool));
+		for (int i = 0; i < t->ncols; i++)
+		{
+			TrackedColumn *c = &t->cols[i];
+			bool		n1,
+						n2;
+			Datum		v1 = heap_getattr(old_row, c->attnum, desc, &n1);
+			Datum		v2 = heap_getattr(new_row, c->attnum, desc, &n2);
+
+			changed[i] = (n1 != n2) || (!n1 && !datumIsEqual(v1, v2, c->byval, c->len));
+		}
+	}
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	push_key(&st, "operation");
+	push_string(&st, op_names[op]);
+	push_key(&st, "table");
+	push_string(&st, t->table);
+	if (old_row)
+	{
+		push_key(&st, "old");
+		push_row(&st, t, old_row, desc, t->full_rows ? NULL : changed);
+	}
+	if (new_row)
+	{
+		push_key(&st, "new");
+		push_row(&st, t, new_row, desc, t->full_rows ? NULL : changed);
+	}
+	if (changed)
+	{
+		JsonbValue	v;
+
+		push_key(&st, "changed");
+		pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+		for (int i = 0; i < t->ncols; i++)
+		{
+			if (!changed[i] || t->cols[i].excluded)
+				continue;
+			v.type = jbvString;
+			v.val.string.val = t->cols[i].name;
+			v.val.string.len = strlen(t->cols[i].name);
+			pushJsonbValue(&st, WJB_ELEM, &v);
+		}
+		pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+	}
+	push_actor(&st);
+	doc = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+
+	if (op != OP_TRUNCATE)
+	{
+		HeapTuple	row = new_row ? new_row : old_row;
+
+		target_id = row_identity(t, op == OP_UPDATE ? (t->nkeys > 0 ? new_row : old_row) : row, desc);
+		if (t->org_col >= 0)
+		{
+			bool		isnull;
+			Datum		v = heap_getattr(row, t->cols[t->org_col].attnum, desc, &isnull);
+
+			if (!isnull)
+				organization = value_text(&t->cols[t->org_col], v);
+		}
+	}
+	write_event(t, op, target_id, organization, JsonbValueToJsonb(doc));
+	return PointerGetDatum(NULL);
+}
+
+PG_FUNCTION_INFO_V1(audit_record_tracking_event_sql);
+
+/*
+ * audit.record_tracking_event(action text, tbl text, details jsonb) returns void
+ *		Log a 'change_tracking.' event about a table (switched on or off,
+ *		DDL, dropped), as the extension's owner and attributed to the
+ *		caller.  Internal to src/sql/77_change_tracking.sql.
+ */
+Datum
+audit_record_tracking_event_sql(PG_FUNCTION_ARGS)
+{
+	char	   *action;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("a change-tracking event needs an action and a table"),
+				 errhint("audit.record_tracking_event() is internal to audit.track_table().")));
+	action = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strncmp(action, "change_tracking.", 16) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is not a change-tracking action", action),
+				 errhint("Change-tracking actions start with \"change_tracking.\".")));
+	audit_record_administrative_event(action, NULL, "table", text_to_cstring(PG_GETARG_TEXT_PP(1)),
+									  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));
+	PG_RETURN_VOID();
+}
