@@ -119,6 +119,8 @@ typedef struct TrackedTable
 static HTAB *tracked_cache = NULL;
 static Oid	registry_relid = InvalidOid;
 static SPIPlanPtr insert_plan = NULL;
+static char *client_addr = NULL;	/* the session's client, NULL for a Unix socket */
+static bool client_addr_known = false;
 
 /*
  * invalidate
@@ -428,18 +430,19 @@ push_string(JsonbParseState **st, const char *s)
 	pushJsonbValue(st, WJB_VALUE, &v);
 }
 
-static void
-push_hex_sha256(JsonbParseState **st, const char *prefix, const char *data, size_t len)
+/* prefix followed by the SHA-256 of len bytes of data, in hex (palloc'd). */
+static char *
+sha256_hex(const char *prefix, const char *data, size_t len)
 {
 	uint8		digest[AUDIT_HASH_LEN];
-	StringInfoData s;
+	size_t		plen = strlen(prefix);
+	char	   *out = palloc(plen + 2 * AUDIT_HASH_LEN + 1);
 
 	audit_sha256(data, len, digest);
-	initStringInfo(&s);
-	appendStringInfoString(&s, prefix);
-	for (int i = 0; i < AUDIT_HASH_LEN; i++)
-		appendStringInfo(&s, "%02x", digest[i]);
-	push_string(st, s.data);
+	memcpy(out, prefix, plen);
+	hex_encode((const char *) digest, AUDIT_HASH_LEN, out + plen);
+	out[plen + 2 * AUDIT_HASH_LEN] = '\0';
+	return out;
 }
 
 /* One column's value as a JSON value. */
@@ -458,7 +461,7 @@ push_value(JsonbParseState **st, TrackedColumn *c, Datum value, bool isnull)
 	if (c->hashed)
 	{
 		text = value_text(c, value);
-		push_hex_sha256(st, "sha256:", text, strlen(text));
+		push_string(st, sha256_hex("sha256:", text, strlen(text)));
 		return;
 	}
 	switch (c->kind)
@@ -526,7 +529,6 @@ static char *
 row_identity(TrackedTable *t, HeapTuple tuple, TupleDesc desc)
 {
 	StringInfoData s;
-	uint8		digest[AUDIT_HASH_LEN];
 
 	initStringInfo(&s);
 	if (t->nkeys == 1)
@@ -573,12 +575,7 @@ row_identity(TrackedTable *t, HeapTuple tuple, TupleDesc desc)
 			appendBinaryStringInfo(&s, text, len);
 		}
 	}
-	audit_sha256(s.data, s.len, digest);
-	resetStringInfo(&s);
-	appendStringInfoString(&s, "row:");
-	for (int i = 0; i < AUDIT_HASH_LEN; i++)
-		appendStringInfo(&s, "%02x", digest[i]);
-	return s.data;
+	return sha256_hex("row:", s.data, s.len);
 }
 
 /* Who made the change, really. */
@@ -586,16 +583,19 @@ static void
 push_actor(JsonbParseState **st)
 {
 	const char *app = GetConfigOption("application_name", true, false);
-	char	   *addr = NULL;
-	Datum		inet;
 
+	/* The client's address does not change during a session: read it once. */
+	if (!client_addr_known)
 	{
 		LOCAL_FCINFO(addr_fcinfo, 0);
+		Datum		inet;
 
 		InitFunctionCallInfoData(*addr_fcinfo, NULL, 0, InvalidOid, NULL, NULL);
 		inet = inet_client_addr(addr_fcinfo);	/* NULL over a Unix socket */
 		if (!addr_fcinfo->isnull)
-			addr = DatumGetCString(DirectFunctionCall1(inet_out, inet));
+			client_addr = MemoryContextStrdup(TopMemoryContext,
+											  DatumGetCString(DirectFunctionCall1(inet_out, inet)));
+		client_addr_known = true;
 	}
 
 	push_key(st, "actor");
@@ -607,7 +607,7 @@ push_actor(JsonbParseState **st)
 	push_key(st, "application_name");
 	push_string(st, app && app[0] ? app : NULL);
 	push_key(st, "client_addr");
-	push_string(st, addr);
+	push_string(st, client_addr);
 	push_key(st, "transaction_id");
 	push_string(st, psprintf(UINT64_FORMAT, U64FromFullTransactionId(GetTopFullTransactionId())));
 	pushJsonbValue(st, WJB_END_OBJECT, NULL);

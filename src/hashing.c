@@ -835,6 +835,20 @@ audit_deform_row_argument(FunctionCallInfo fcinfo, Datum **values, bool **nulls,
 	*map = &cache->map;
 }
 
+bool
+audit_bytea_is_hash(Datum value, bool isnull, uint8 out[AUDIT_HASH_LEN])
+{
+	bytea	   *b;
+
+	if (isnull)
+		return false;
+	b = DatumGetByteaPP(value);
+	if (VARSIZE_ANY_EXHDR(b) != AUDIT_HASH_LEN)
+		return false;
+	memcpy(out, VARDATA_ANY(b), AUDIT_HASH_LEN);
+	return true;
+}
+
 bytea *
 audit_bytea_from_bytes(const void *data, int len)
 {

@@ -150,6 +150,13 @@ extern void audit_deform_row_argument(FunctionCallInfo fcinfo, Datum **values, b
 									  const AuditColumnMap **map);
 
 /*
+ * audit_bytea_is_hash
+ *		Whether a bytea datum (isnull: SQL NULL) is a 32-byte hash; if so,
+ *		its bytes are copied to out.
+ */
+extern bool audit_bytea_is_hash(Datum value, bool isnull, uint8 out[AUDIT_HASH_LEN]);
+
+/*
  * audit_bytea_from_bytes
  *		A new bytea (current memory context) holding len bytes of data.
  */

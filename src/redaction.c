@@ -491,11 +491,12 @@ check_integrity(RedactState *st, int64 id, Datum *values, bool *nulls,
 {
 	const AuditColumnMap *map = &st->map;
 	uint8		leaf[AUDIT_HASH_LEN];
-	bytea	   *stored;
+	uint8		stored[AUDIT_HASH_LEN];
 
 	if (nulls[map->attno[AC_PERSONAL_DATA_SALT]])
 	{
 		uint8		digest[AUDIT_HASH_LEN];
+		uint8		attested[AUDIT_HASH_LEN];
 		Datum		arg = Int64GetDatum(id);
 		bool		isnull = true;
 		Datum		latest = (Datum) 0;
@@ -505,8 +506,7 @@ check_integrity(RedactState *st, int64 id, Datum *values, bool *nulls,
 		if (SPI_processed == 1)
 			latest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		audit_redacted_fields_digest(values, nulls, map, digest);
-		if (isnull || VARSIZE_ANY_EXHDR(DatumGetByteaPP(latest)) != AUDIT_HASH_LEN ||
-			memcmp(VARDATA_ANY(DatumGetByteaPP(latest)), digest, AUDIT_HASH_LEN) != 0)
+		if (!audit_bytea_is_hash(latest, isnull, attested) || memcmp(attested, digest, AUDIT_HASH_LEN) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("audit row %lld was redacted, but its personal fields differ from its redaction record",
@@ -517,9 +517,8 @@ check_integrity(RedactState *st, int64 id, Datum *values, bool *nulls,
 	}
 	audit_row_commitment(values, nulls, map, commitment, NULL);
 	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
-	stored = nulls[map->attno[AC_HASH]] ? NULL : DatumGetByteaPP(values[map->attno[AC_HASH]]);
-	if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != AUDIT_HASH_LEN ||
-		memcmp(VARDATA_ANY(stored), leaf, AUDIT_HASH_LEN) != 0)
+	if (!audit_bytea_is_hash(values[map->attno[AC_HASH]], nulls[map->attno[AC_HASH]], stored) ||
+		memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("audit row %lld does not match its hash", (long long) id),
@@ -848,10 +847,11 @@ audit_redaction_check_begin(MemoryContext cxt)
 			LatestAttestation *e = hash_search(rc->latest, &row_id, HASH_ENTER, NULL);
 			Datum		digest = SPI_getbinval(t, d, 3, &isnull);
 
+			bool		digest_null = isnull;
+
 			e->request_id = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
-			memset(e->digest, 0, AUDIT_HASH_LEN);
-			if (!isnull && VARSIZE_ANY_EXHDR(DatumGetByteaPP(digest)) == AUDIT_HASH_LEN)
-				memcpy(e->digest, VARDATA_ANY(DatumGetByteaPP(digest)), AUDIT_HASH_LEN);
+			if (!audit_bytea_is_hash(digest, digest_null, e->digest))
+				memset(e->digest, 0, AUDIT_HASH_LEN);	/* never a real digest: reported as differing */
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -1028,9 +1028,8 @@ audit_redaction_check_finish(AuditRedactionCheck *rc, bool whole_log,
 			bool		isnull;
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 
-			memset(leaves + (size_t) i * AUDIT_HASH_LEN, 0, AUDIT_HASH_LEN);
-			if (!isnull && VARSIZE_ANY_EXHDR(DatumGetByteaPP(d)) == AUDIT_HASH_LEN)
-				memcpy(leaves + (size_t) i * AUDIT_HASH_LEN, VARDATA_ANY(DatumGetByteaPP(d)), AUDIT_HASH_LEN);
+			if (!audit_bytea_is_hash(d, isnull, leaves + (size_t) i * AUDIT_HASH_LEN))
+				memset(leaves + (size_t) i * AUDIT_HASH_LEN, 0, AUDIT_HASH_LEN);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		audit_merkle_root(leaves, n, root);

@@ -340,20 +340,6 @@ report_redaction(void *arg, int64 row_id, const char *field, const char *problem
 	report((VerifyState *) arg, 0, row_id, field, problem, detail);
 }
 
-static bool
-bytea_is_hash(Datum d, bool isnull, uint8 out[AUDIT_HASH_LEN])
-{
-	bytea	   *b;
-
-	if (isnull)
-		return false;
-	b = DatumGetByteaPP(d);
-	if (VARSIZE_ANY_EXHDR(b) != AUDIT_HASH_LEN)
-		return false;
-	memcpy(out, VARDATA_ANY(b), AUDIT_HASH_LEN);
-	return true;
-}
-
 /*
  * column_is_hash
  *		Column col of an SPI result row as a 32-byte hash, if it is one.
@@ -364,7 +350,7 @@ column_is_hash(HeapTuple t, TupleDesc d, int col, uint8 out[AUDIT_HASH_LEN])
 	bool		isnull;
 	Datum		value = SPI_getbinval(t, d, col, &isnull);
 
-	return bytea_is_hash(value, isnull, out);
+	return audit_bytea_is_hash(value, isnull, out);
 }
 
 /* Pass 1: the header chain ------------------------------------------------- */
@@ -1054,7 +1040,7 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 					report(vs, b->height, id, NULL, "modified",
 						   "the row's fields do not produce the leaf hash sealed for it");
 			}
-			else if (!bytea_is_hash(values[map->attno[AC_HASH]],
+			else if (!audit_bytea_is_hash(values[map->attno[AC_HASH]],
 									(isnull_hash = nulls[map->attno[AC_HASH]]), stored) ||
 					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
 				report(vs, b->height, id, "hash", "modified",
