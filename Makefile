@@ -5,7 +5,8 @@
 #   make installcheck         run the pg_regress suites in sql/ against a running server
 #
 # The install script audit_db--<version>.sql is generated from src/sql/*.sql
-# (one file per concern, concatenated in name order).
+# (one file per concern, concatenated in name order); released versions'
+# scripts are frozen in src/sql/released/, upgrades in src/sql/upgrade/.
 
 EXTENSION   = audit_db
 EXTVERSION  = $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" $(EXTENSION).control)
@@ -31,6 +32,7 @@ OBJS        = src/audit_db.o \
               src/redaction.o \
               src/config_changes.o \
               src/change_tracking.o \
+              src/restore.o \
               src/worker.o
 
 # -Wextra, less two warnings PostgreSQL's own sources do not build with:
@@ -39,9 +41,13 @@ OBJS        = src/audit_db.o \
 PG_CFLAGS   = -Wextra -Wno-unused-parameter -Wno-sign-compare
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
-DATA        = $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
+# Released versions' install scripts (frozen) and the upgrade scripts between
+# versions: CREATE EXTENSION audit_db VERSION '0.1' + ALTER EXTENSION UPDATE
+# must give what a fresh CREATE EXTENSION gives (test/upgrade.py checks it).
+DATA        = $(wildcard src/sql/released/$(EXTENSION)--*.sql) \
+              $(wildcard src/sql/upgrade/$(EXTENSION)--*--*.sql)
 
-REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive tenancy gdpr alerts reports health change_tracking
+REGRESS     = install audit_log hashing immutability presets privileges chain partitions retention archive tenancy gdpr alerts reports health change_tracking restore
 REGRESS_OPTS = --inputdir=. --outputdir=results_dir
 
 PG_CPPFLAGS = -I$(srcdir)/src

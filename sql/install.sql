@@ -6,8 +6,8 @@ CREATE EXTENSION audit_db;
 SELECT extname, extversion, extrelocatable, extnamespace::regnamespace AS schema
 FROM pg_extension WHERE extname = 'audit_db';
 
--- pg_cron and pgcrypto are not hard requirements.
-SELECT requires FROM pg_available_extension_versions WHERE name = 'audit_db';
+-- pg_cron and pgcrypto are not hard requirements, in any version.
+SELECT version, requires FROM pg_available_extension_versions WHERE name = 'audit_db' ORDER BY version;
 
 -- The objects of the extension.
 SELECT pg_describe_object(classid, objid, objsubid) AS object

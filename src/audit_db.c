@@ -37,6 +37,7 @@
 #include "immutability.h"
 #include "maintenance.h"
 #include "partition_manager.h"
+#include "restore.h"
 #include "sealing.h"
 #include "verification.h"
 #include "organization_roles.h"
@@ -143,7 +144,8 @@ lock_out_workers(void)
  *		audit_db, keep the sealer and maintenance out of the extension's tables;
  *		on DISCARD ALL (a pooler handing the connection on), forget the
  *		session's audit.set_organization(); after a change of an audit_db.*
- *		setting, record it (config_changes.c).
+ *		setting, record it (config_changes.c); during a restore, skip what
+ *		CREATE EXTENSION made already (restore.c).
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -157,6 +159,8 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		audit_worker_release_database(dboid);
 	if (drops_audit_db(pstmt->utilityStmt))
 		lock_out_workers();
+	if (audit_restore_skips_statement(pstmt->utilityStmt))
+		return;
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
@@ -380,6 +384,7 @@ _PG_init(void)
 	audit_tenancy_init();
 	audit_organization_roles_init();
 	audit_change_tracking_init();
+	audit_restore_init();
 	if (process_shared_preload_libraries_in_progress)
 		audit_worker_register_launcher();
 

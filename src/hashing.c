@@ -486,7 +486,9 @@ put_jsonb_text(StringInfo buf, JsonbContainer *root)
  *		small details document as stored on disk, with a 1-byte header) is
  *		copied into a buffer kept for the backend instead of a fresh palloc,
  *		as DatumGetJsonbP() would do for every row; the result is valid
- *		until the next call.  Other values go through DatumGetJsonbP().
+ *		until the next call.  Other values go through DatumGetJsonbP(),
+ *		TOAST pointers included: they have a 1-byte header too
+ *		(VARATT_IS_SHORT is true of them), but no inline data.
  */
 static Jsonb *
 jsonb_for_reading(Datum value)
@@ -495,7 +497,7 @@ jsonb_for_reading(Datum value)
 	struct varlena *v = (struct varlena *) DatumGetPointer(value);
 	Size		len;
 
-	if (!VARATT_IS_SHORT(v))
+	if (!VARATT_IS_SHORT(v) || VARATT_IS_EXTERNAL(v))
 		return DatumGetJsonbP(value);
 	len = VARSIZE_SHORT(v) - VARHDRSZ_SHORT;
 	if (aligned == NULL)

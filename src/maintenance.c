@@ -62,6 +62,7 @@
 #include "partition_manager.h"
 #include "archive.h"
 #include "partitions.h"
+#include "restore.h"
 #include "retention.h"
 #include "sealing.h"
 
@@ -511,6 +512,7 @@ audit_run_maintenance(TimestampTz as_of, bool can_commit, const char *via, int64
 				 errhint("The primary runs it; its results reach the standby by replication.")));
 		return MAINTENANCE_STANDBY;
 	}
+	audit_refuse_while_restoring("run audit_db maintenance");
 	locked = DatumGetBool(DirectFunctionCall1(pg_try_advisory_lock_int8,
 											  Int64GetDatum(AUDIT_MAINTENANCE_LOCK_KEY)));
 	if (!locked)

@@ -870,6 +870,26 @@ check_inheritance(Relation rel, const char *org, const char *role, int ninherits
 	}
 }
 
+/*
+ * A key column (organization_id, role_name) of a role row in a BEFORE ROW
+ * trigger: the NOT NULL constraints are checked only after these triggers
+ * run, so a NULL must be refused here rather than read.
+ */
+static char *
+role_key_column(HeapTuple tup, TupleDesc desc, AttrNumber att)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tup, att, desc, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("null value in column \"%s\" of relation \"organization_role\" violates not-null constraint",
+						NameStr(TupleDescAttr(desc, att - 1)->attname)),
+				 errhint("Every organization role has an organization_id and a role_name.")));
+	return TextDatumGetCString(d);
+}
+
 PG_FUNCTION_INFO_V1(audit_check_organization_role);
 
 /*
@@ -920,25 +940,21 @@ audit_check_organization_role(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_BEFORE(trigdata->tg_event))
 	{
-		if (oldtup != NULL && newtup != NULL)
+		if (newtup != NULL)
 		{
-			char	   *org = TextDatumGetCString(heap_getattr(oldtup, org_att, desc, &isnull));
-			char	   *new_org = TextDatumGetCString(heap_getattr(newtup, org_att, desc, &isnull));
+			char	   *new_org = role_key_column(newtup, desc, org_att);
+			char	   *new_name = role_key_column(newtup, desc, name_att);
+			Datum		d;
 
-			if (strcmp(org, new_org) != 0)
+			if (oldtup != NULL && strcmp(role_key_column(oldtup, desc, org_att), new_org) != 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("organization role \"%s\" cannot move to another organization",
-								TextDatumGetCString(heap_getattr(oldtup, name_att, desc, &isnull))),
+								role_key_column(oldtup, desc, name_att)),
 						 errhint("Create the role in the other organization instead.")));
-		}
-		if (newtup != NULL)
-		{
-			Datum		d = heap_getattr(newtup, audit_column_of(rel, "permissions"), desc, &isnull);
-
+			d = heap_getattr(newtup, audit_column_of(rel, "permissions"), desc, &isnull);
 			if (!isnull)
-				check_permission_list(DatumGetJsonbP(d),
-									  TextDatumGetCString(heap_getattr(newtup, name_att, desc, &isnull)));
+				check_permission_list(DatumGetJsonbP(d), new_name);
 		}
 		return PointerGetDatum(newtup != NULL ? newtup : oldtup);
 	}

@@ -9,12 +9,18 @@
  *
  *		id							next value of audit.audit_log_id_seq
  *		transaction_id				64-bit id of the inserting top-level
- *									transaction (the sealer orders rows by it)
+ *									transaction, plus the chain's offset
+ *									after a restore (the sealer orders rows
+ *									by it; restore.c)
  *		hash_algorithm				'SHA-256'
  *		personal_data_salt			16 fresh random bytes
  *		personal_data_commitment	NULL (set only by redaction)
  *		archived_at					NULL (set only by archival)
  *		hash						leaf hash of hash format v1
+ *
+ * Under session_replication_role = replica (pg_restore, logical replication
+ * apply) a row that arrives stamped is kept as it is; while a restore is
+ * pending (restore.c) other rows are refused.
  *
  * The path takes no lock and reads no other row: the cost of an audit row
  * over a plain one is this function, two SHA-256 computations over a few
@@ -38,6 +44,7 @@
 #include "audit_db.h"
 #include "audit_log_columns.h"
 #include "hashing.h"
+#include "restore.h"
 #include "row_stamping.h"
 #include "tenancy.h"
 
@@ -124,6 +131,19 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	oldtuple = trigdata->tg_trigtuple;
 
 	/*
+	 * A row loaded verbatim (pg_restore or logical replication apply, under
+	 * session_replication_role = replica, which only a superuser can set)
+	 * that arrives stamped keeps its stamp: its hash is already in the chain
+	 * or waits to be sealed.  A row without one is stamped as any other.
+	 */
+	if (audit_loading_verbatim() &&
+		!heap_attisnull(oldtuple, map->attno[AC_ID] + 1, tupdesc) &&
+		!heap_attisnull(oldtuple, map->attno[AC_HASH] + 1, tupdesc) &&
+		!heap_attisnull(oldtuple, map->attno[AC_TRANSACTION_ID] + 1, tupdesc))
+		return PointerGetDatum(oldtuple);
+	audit_refuse_while_restoring("log an audit event");
+
+	/*
 	 * The trigger slot already holds the row's values (the INSERT built
 	 * them); copying them is cheaper than deforming tg_trigtuple again.
 	 */
@@ -160,8 +180,8 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("audit event action \"%s\" is reserved for audit_db's own events",
 							text_to_cstring(action)),
-					 errhint("Actions starting with organization_access., organization_role., "
-							 "organization_role_assignment. or tenant_isolation. record changes audit_db made; choose another name.")));
+					 errhint("Actions starting with organization_access., organization_role., organization_role_assignment., "
+							 "tenant_isolation., gdpr., change_tracking. or audit_db. record what audit_db did; choose another name.")));
 	}
 	/* status, data_classification, processing_latency: their domains check them. */
 	if (!nulls[map->attno[AC_TIMESTAMP]])
@@ -179,7 +199,7 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 	id = nextval_internal(map->seq_relid, false);
 	SET(AC_ID, Int64GetDatum(id));
 	SET(AC_TRANSACTION_ID,
-		Int64GetDatum((int64) U64FromFullTransactionId(GetTopFullTransactionId())));
+		Int64GetDatum(audit_chain_xid(GetTopFullTransactionId())));
 	SET(AC_HASH_ALGORITHM, hash_algorithm_datum());
 	SETNULL(AC_ARCHIVED_AT);
 	SETNULL(AC_PERSONAL_DATA_COMMITMENT);

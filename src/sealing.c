@@ -45,6 +45,7 @@
 #include "audit_db.h"
 #include "hashing.h"
 #include "partitions.h"
+#include "restore.h"
 #include "sealing.h"
 
 int			audit_seal_block_rows = 10000;
@@ -409,6 +410,7 @@ audit_seal_run(void)
 				 errhint("Sealing runs on the primary; audit.verify() works on a standby.")));
 	if (snap == NULL)
 		elog(ERROR, "audit_seal_run needs an active snapshot");
+	audit_refuse_while_restoring("seal the audit chain");
 
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
@@ -424,7 +426,7 @@ audit_seal_run(void)
 	 * Anything to do?  Checked without a lock and without taking a
 	 * transaction id, so an idle database costs one index probe per run.
 	 */
-	horizon = audit_full_xid_of(snap->xmin);
+	horizon = audit_full_xid_of(snap->xmin) + audit_chain_xid_offset();
 
 	/* Rows are read through the BRIN index on transaction_id. */
 	save_nestlevel = audit_plan_transaction_range_scans();
@@ -457,7 +459,7 @@ audit_seal_run(void)
 	 * for another one still seals what finished meanwhile.  Every later query
 	 * of this run takes a newer snapshot, which sees all rows below it.
 	 */
-	horizon = audit_full_xid_of(GetLatestSnapshot()->xmin);
+	horizon = audit_full_xid_of(GetLatestSnapshot()->xmin) + audit_chain_xid_offset();
 	st.xid_from = head.horizon_xid;
 	st.xid_to = horizon;
 	st.sealed_at = GetCurrentTimestamp();

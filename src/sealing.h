@@ -73,8 +73,9 @@ extern void audit_append_block(AuditBlockHeader *h, const Datum *ids, const uint
 
 /*
  * audit_full_xid_of
- *		The 64-bit form (epoch << 32 | xid) of a recent 32-bit xid, as
- *		stored in audit_log.transaction_id.
+ *		The 64-bit form (epoch << 32 | xid) of a recent 32-bit xid of this
+ *		cluster; audit_log.transaction_id stores it plus the chain's
+ *		xid_offset (restore.h).
  */
 extern int64 audit_full_xid_of(TransactionId xid);
 

@@ -66,6 +66,7 @@
 #include "utils/timestamp.h"
 
 #include "audit_db.h"
+#include "restore.h"
 #include "tenancy.h"
 
 /* Names of the policies enable_tenant_isolation() creates. */
@@ -705,13 +706,14 @@ static bool administrative_event_in_progress = false;
 /* Action prefixes only audit_record_administrative_event() may write. */
 static const char *const reserved_action_prefixes[] = {
 	"organization_access.", "organization_role.", "organization_role_assignment.", "tenant_isolation.",
-	"gdpr.", "change_tracking."
+	"gdpr.", "change_tracking.", "audit_db."
 };
 
 bool
 audit_action_is_reserved(const char *action, int len)
 {
-	if (len == 0 || (action[0] != 'o' && action[0] != 't' && action[0] != 'g' && action[0] != 'c') ||
+	if (len == 0 || (action[0] != 'o' && action[0] != 't' && action[0] != 'g' && action[0] != 'c' &&
+					 action[0] != 'a') ||
 		administrative_event_in_progress)
 		return false;
 	for (int i = 0; i < lengthof(reserved_action_prefixes); i++)
@@ -765,7 +767,11 @@ audit_record_administrative_event_kept(const char *action, const char *organizat
 	Jsonb	   *merged;
 	int			nestlevel;
 
-	if (creating_extension)
+	/*
+	 * Not while the extension is created, nor for rows loaded verbatim (a
+	 * restore, logical replication): their events are in the rows loaded.
+	 */
+	if (creating_extension || audit_loading_verbatim())
 		return;
 	principal = pstrdup(audit_current_principal());
 

@@ -74,6 +74,7 @@
 #include "hashing.h"
 #include "partitions.h"
 #include "redaction.h"
+#include "restore.h"
 #include "sealing.h"
 #include "tenancy.h"
 #include "verification.h"
@@ -141,6 +142,8 @@ typedef struct VerifyState
 	TimestampTz last_sealed_at;
 	bool		has_last_sealed;
 	int64		next_xid;
+	int64		xid_offset;		/* the chain's (restore.h) */
+	bool		restoring;		/* a restore is pending: ids not comparable */
 	TimestampTz now;
 
 	/* Incremental verification */
@@ -951,6 +954,15 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 		if (!row_in_organization(vs, values, nulls, map))
 			return;
 		vs->rows_unsealed++;
+		/* Before audit.finish_restore(), ids may come from another cluster. */
+		if (vs->restoring)
+			return;
+		/*
+		 * A GDPR request's event is checked (and counts as its request's
+		 * event) before it is sealed too: a whole-log verification right
+		 * after a request must not report its event missing.
+		 */
+		audit_redaction_check_row(vs->redactions, values, nulls, map, report_redaction, vs);
 		if (xid >= vs->next_xid)
 			report(vs, 0, id, "transaction_id", "inserted",
 				   "the row names a transaction id that has not been assigned yet");
@@ -959,7 +971,7 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 				 (int64) audit_unsealed_grace * USECS_PER_SEC &&
 				 (!vs->has_last_sealed ||
 				  vs->now - vs->last_sealed_at > (int64) audit_unsealed_grace * USECS_PER_SEC) &&
-				 TransactionIdPrecedes(XidFromFullTransactionId(FullTransactionIdFromU64((uint64) xid)),
+				 TransactionIdPrecedes(XidFromFullTransactionId(FullTransactionIdFromU64((uint64) (xid - vs->xid_offset))),
 									   GetActiveSnapshot()->xmin))
 			report(vs, 0, id, NULL, "unsealed",
 				   psprintf("the row's transaction finished but it is not sealed, and nothing was sealed for over %d s",
@@ -1875,7 +1887,9 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 	vs.cxt = AllocSetContextCreate(CurrentMemoryContext, "audit verify", ALLOCSET_DEFAULT_SIZES);
 	vs.row_cxt = AllocSetContextCreate(vs.cxt, "audit verify row", ALLOCSET_DEFAULT_SIZES);
 	vs.now = GetCurrentTimestamp();
-	vs.next_xid = (int64) U64FromFullTransactionId(ReadNextFullTransactionId());
+	vs.xid_offset = audit_chain_xid_offset();
+	vs.next_xid = audit_chain_xid(ReadNextFullTransactionId());
+	vs.restoring = audit_restore_pending();
 	(void) per_query;
 
 	progress_begin();

@@ -69,6 +69,7 @@
 
 #include "audit_db.h"
 #include "maintenance.h"
+#include "restore.h"
 #include "sealing.h"
 #include "worker.h"
 
@@ -421,14 +422,16 @@ audit_launcher_main(Datum arg)
 /*
  * seal_once
  *		One seal run in its own transaction: SEAL_FAILED after logging an
- *		error, SEAL_NO_EXTENSION if audit_db is not installed.
+ *		error, SEAL_NO_EXTENSION if audit_db is not installed,
+ *		SEAL_RESTORING (nothing done) while a restore is not finished.
  */
 typedef enum SealOutcome
 {
 	SEAL_OK,					/* sealed rows */
 	SEAL_IDLE,					/* nothing to seal */
 	SEAL_FAILED,
-	SEAL_NO_EXTENSION
+	SEAL_NO_EXTENSION,
+	SEAL_RESTORING				/* a restore is not finished: do nothing */
 } SealOutcome;
 
 static void job_failed(const char *source, MemoryContext cxt);
@@ -458,10 +461,15 @@ seal_once(void)
 
 	PG_TRY();
 	{
-		AuditSealResult r = audit_seal_run();
+		if (audit_restore_pending())
+			outcome = SEAL_RESTORING;
+		else
+		{
+			AuditSealResult r = audit_seal_run();
 
-		if (r.rows == 0)
-			outcome = SEAL_IDLE;
+			if (r.rows == 0)
+				outcome = SEAL_IDLE;
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -684,6 +692,13 @@ audit_database_worker_main(Datum dboid)
 			case SEAL_FAILED:
 				backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, MAX_BACKOFF_MS);
 				break;
+			case SEAL_RESTORING:
+				/* Wait for audit.finish_restore(); then maintenance at once. */
+				backoff_ms = 0;
+				missing_checks = 0;
+				idle_runs = Min(idle_runs + 1, 10);
+				last_maintenance = 0;
+				break;
 			case SEAL_NO_EXTENSION:
 				/* Woken by a CREATE EXTENSION that may not have committed yet: look again a few times. */
 				last_maintenance = 0;	/* a new extension gets its maintenance run at once */
@@ -693,7 +708,7 @@ audit_database_worker_main(Datum dboid)
 		}
 
 		/* Maintenance: due audit_db.maintenance_interval after the last one started. */
-		if (missing_checks == 0 && audit_maintenance_interval_s > 0 &&
+		if (missing_checks == 0 && outcome != SEAL_RESTORING && audit_maintenance_interval_s > 0 &&
 			TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
 									   audit_maintenance_interval_s * 1000))
 		{
@@ -702,7 +717,7 @@ audit_database_worker_main(Datum dboid)
 		}
 
 		/* Alert rules and worker-scheduled reports: every audit_db.alert_interval. */
-		if (missing_checks == 0 && audit_alert_interval_s > 0 &&
+		if (missing_checks == 0 && outcome != SEAL_RESTORING && audit_alert_interval_s > 0 &&
 			TimestampDifferenceExceeds(last_jobs, GetCurrentTimestamp(), audit_alert_interval_s * 1000))
 		{
 			last_jobs = GetCurrentTimestamp();

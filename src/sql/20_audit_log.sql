@@ -98,3 +98,7 @@ CREATE TRIGGER audit_log_refuse_truncate BEFORE TRUNCATE ON audit.audit_log_defa
 ALTER TABLE audit.audit_log_default ENABLE ALWAYS TRIGGER audit_log_refuse_truncate;
 
 -- The monthly partitions are created by src/sql/60_partition_manager.sql.
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.audit_log_default', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.audit_log_id_seq', '');

@@ -54,11 +54,17 @@ CREATE TABLE audit.audit_chain_state (
   head_hash      bytea       NOT NULL DEFAULT '\x0000000000000000000000000000000000000000000000000000000000000000',
   rows_total     bigint      NOT NULL DEFAULT 0,
   horizon_xid    bigint      NOT NULL DEFAULT 0,
-  last_sealed_at timestamptz
+  last_sealed_at timestamptz,
+  -- Added to this cluster's 64-bit transaction ids to give audit_log.transaction_id:
+  -- 0 unless the database was restored into a cluster whose ids lay behind (src/restore.c).
+  xid_offset     bigint      NOT NULL DEFAULT 0 CHECK (xid_offset >= 0)
 );
-INSERT INTO audit.audit_chain_state DEFAULT VALUES;
+-- Under session_replication_role = replica (a restore), the dump brings the row.
+INSERT INTO audit.audit_chain_state (singleton)
+SELECT true WHERE current_setting('session_replication_role') <> 'replica';
 COMMENT ON TABLE audit.audit_chain_state IS
-  'Head of the audit chain and the transaction-id horizon below which every committed row is sealed';
+  'Head of the audit chain, the transaction-id horizon below which every committed row is sealed, '
+  'and the offset from this cluster''s transaction ids to the chain''s';
 
 -- Blocks are append-only like the rows they seal (guards: src/sql/70_append_only.sql).
 
@@ -419,7 +425,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   WITH st AS (SELECT * FROM audit.audit_chain_state),
-  snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+  snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint + st.xid_offset AS xmin FROM st),
   unsealed AS (
     SELECT count(*) AS n, min(l.transaction_id) AS oldest,
            count(*) FILTER (WHERE l.transaction_id < snap.xmin) AS sealable,

@@ -254,3 +254,6 @@ LEFT JOIN LATERAL (
 COMMENT ON VIEW audit.partitions IS
   'Partitions of audit.audit_log: real bounds, estimated rows, size, what of them is sealed, and what '
   'retention would do with them now';
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.retention_summary', '');

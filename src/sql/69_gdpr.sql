@@ -147,8 +147,11 @@ CREATE TABLE audit.pseudonym_secret (
   mapping_key bytea       NOT NULL CHECK (length(mapping_key) = 32),
   created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Under session_replication_role = replica (a restore), the dump brings the keys.
 INSERT INTO audit.pseudonym_secret (hmac_key, mapping_key)
-VALUES (audit.gdpr_random_bytes(32), audit.gdpr_random_bytes(32));
+SELECT audit.gdpr_random_bytes(32), audit.gdpr_random_bytes(32)
+WHERE current_setting('session_replication_role') <> 'replica';
+SELECT pg_catalog.pg_extension_config_dump('audit.pseudonym_secret', '');
 COMMENT ON TABLE audit.pseudonym_secret IS
   'Keys of the hash strategy, lookup digests and encrypted originals (owner only; docs/gdpr.md)';
 
@@ -221,8 +224,11 @@ CREATE TABLE audit.erasure_exemption (
     CHECK (data_classification IS NOT NULL OR retention_policy IS NOT NULL),
   CONSTRAINT erasure_exemption_unique UNIQUE NULLS NOT DISTINCT (data_classification, retention_policy)
 );
+-- Under session_replication_role = replica (a restore), the dump brings the rows.
 INSERT INTO audit.erasure_exemption (data_classification, reason)
-VALUES ('FINANCIAL', 'Financial records are kept for the statutory period of bookkeeping and tax law');
+SELECT 'FINANCIAL', 'Financial records are kept for the statutory period of bookkeeping and tax law'
+WHERE current_setting('session_replication_role') <> 'replica';
+SELECT pg_catalog.pg_extension_config_dump('audit.erasure_exemption', '');
 COMMENT ON TABLE audit.erasure_exemption IS
   'Classifications and retention policies whose rows audit.erase_subject(keep_compliance => true) keeps, pseudonymized';
 
@@ -572,3 +578,9 @@ $$;
 COMMENT ON FUNCTION audit.erase_subject(text, text, boolean, text) IS
   'Erase a data subject''s personal data from the audit log (rows audit.erasure_exemption names are kept, '
   'pseudonymized, unless keep_compliance is false); returns the rows erased and kept';
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.pseudonym_mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.redaction_request', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.redaction_request_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.redacted_row', '');

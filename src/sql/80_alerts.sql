@@ -383,7 +383,8 @@ DECLARE
   open_alert audit.alerts;
 BEGIN
   INSERT INTO audit.alert_clock (noted_at, next_xid)
-  VALUES (now(), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+  VALUES (now(), pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+                + coalesce((SELECT s.xid_offset FROM audit.audit_chain_state s), 0))
   ON CONFLICT (noted_at) DO NOTHING;
   DELETE FROM audit.alert_clock WHERE noted_at < now() - interval '2 days';
 
@@ -424,3 +425,8 @@ END
 $$;
 COMMENT ON FUNCTION audit.evaluate_alert_rules(text) IS
   'Evaluate the enabled alert rules once (the worker does every audit_db.alert_interval); alerts raised per rule';
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.alerts_alert_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.alert_rules_rule_id_seq', '');

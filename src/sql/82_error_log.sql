@@ -181,3 +181,9 @@ AS $$
   INSERT INTO audit.config_change_event (kind, name, operation, scope, old_value, new_value, reason)
   VALUES ('setting', setting, operation, scope, to_jsonb(old_value), to_jsonb(new_value), audit.change_reason())
 $$;
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.error_log', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.error_log_error_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.config_change_event', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.config_change_event_change_id_seq', '');

@@ -99,6 +99,9 @@ BEGIN
     results := results || ARRAY[ARRAY['worker', 'degraded',
                                 'audit_db is not in shared_preload_libraries: call audit.seal() and '
                                 'CALL audit.run_maintenance() on a schedule']];
+  ELSIF pg_is_in_recovery() THEN
+    results := results || ARRAY[ARRAY['worker', 'healthy',
+                                'hot standby: the primary''s worker seals and maintains; replay brings its work']];
   ELSIF audit.worker_pid() IS NULL THEN
     results := results || ARRAY[ARRAY['worker', 'unhealthy', 'no audit_db worker runs for this database']];
   ELSE

@@ -575,3 +575,9 @@ END
 $$;
 COMMENT ON FUNCTION audit.unschedule_report(text) IS
   'Stop a scheduled report: its pg_cron job is removed and it is disabled (its executions stay)';
+
+-- pg_dump keeps these (their rows are data, not part of the extension).
+SELECT pg_catalog.pg_extension_config_dump('audit.report_executions', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.report_executions_execution_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.report_templates_template_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.scheduled_reports_schedule_id_seq', '');

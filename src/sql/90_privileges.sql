@@ -31,7 +31,7 @@ GRANT EXECUTE ON FUNCTION audit.leaf_hash(audit.audit_log),
 
 -- Auditor and the chain: read blocks, state and past verifications; verify,
 -- digest, prove, export. audit.verify() records its run as the table owner.
-GRANT SELECT ON audit.audit_chain_block, audit.audit_chain_state, audit.audit_integrity_log,
+GRANT SELECT ON audit.audit_chain_block, audit.audit_chain_state, audit.audit_integrity_log, audit.restore_pending,
                 audit.chain_status, audit.verification_in_progress TO audit_db_auditor;
 GRANT EXECUTE ON FUNCTION audit.verify(timestamptz, timestamptz, text, boolean, integer, integer),
                           audit.verification_progress(), audit.digest(), audit.verify_digest(jsonb),
