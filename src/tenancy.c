@@ -859,6 +859,20 @@ run_ddl(const char *sql)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
+/*
+ * A C string as a Datum of type name, for an SPI parameter of NAMEOID: a name
+ * is NAMEDATALEN bytes, and SPI copies that many, so the string itself (a
+ * literal, or a palloc'd copy of its length) is too short to pass.
+ */
+static Datum
+name_datum(const char *s)
+{
+	Name		name = (Name) palloc0(NAMEDATALEN);
+
+	namestrcpy(name, s);
+	return NameGetDatum(name);
+}
+
 /* Drop those of the tenant policies that exist on the table. */
 static void
 drop_isolation_policies(Oid relid, const char *qualified)
@@ -869,7 +883,7 @@ drop_isolation_policies(Oid relid, const char *qualified)
 
 		if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2)",
 								  2, (Oid[]) {OIDOID, NAMEOID},
-								  (Datum[]) {ObjectIdGetDatum(relid), CStringGetDatum(isolation_policies[i])},
+								  (Datum[]) {ObjectIdGetDatum(relid), name_datum(isolation_policies[i])},
 								  NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "reading pg_policy failed");
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
@@ -1065,7 +1079,7 @@ audit_enable_tenant_isolation_sql(PG_FUNCTION_ARGS)
 				   " policy_definitions = EXCLUDED.policy_definitions,"
 				   " enabled_by = EXCLUDED.enabled_by, enabled_at = EXCLUDED.enabled_at",
 				   5, (Oid[]) {REGCLASSOID, NAMEOID, TEXTOID, BOOLOID, BOOLOID},
-				   (Datum[]) {ObjectIdGetDatum(relid), CStringGetDatum(column), CStringGetTextDatum(resource),
+				   (Datum[]) {ObjectIdGetDatum(relid), name_datum(column), CStringGetTextDatum(resource),
 					   BoolGetDatum(shared_null_rows), BoolGetDatum(creating_extension)});
 	SPI_finish();
 

@@ -97,6 +97,7 @@ typedef struct LauncherShared
 	Latch	   *latch;
 	bool		rescan;			/* start workers now, ignoring retry delays */
 	Oid			release_db;		/* stop the worker of this database (DROP DATABASE) */
+	pid_t		launcher_pid;	/* the running launcher (0 before the first) */
 } LauncherShared;
 
 static LauncherShared *launcher_shared = NULL;
@@ -360,6 +361,7 @@ audit_launcher_main(Datum arg)
 	{
 		SpinLockAcquire(&launcher_shared->mutex);
 		launcher_shared->latch = MyLatch;
+		launcher_shared->launcher_pid = MyProcPid;
 		SpinLockRelease(&launcher_shared->mutex);
 	}
 
@@ -417,6 +419,28 @@ audit_launcher_main(Datum arg)
 						 LAUNCHER_NAPTIME_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+}
+
+/*
+ * orphaned
+ *		Was this database worker started by a launcher that is gone, while
+ *		another one runs now?  The postmaster restarts database workers after
+ *		a crash (bgw_restart_time), and a restarted launcher, which knows
+ *		nothing of them, starts its own: the orphans must leave.  A worker
+ *		knows its launcher by bgw_notify_pid (0 when the postmaster restarted
+ *		it after its launcher had died).
+ */
+static bool
+orphaned(void)
+{
+	pid_t		current;
+
+	if (launcher_shared == NULL)
+		return false;
+	SpinLockAcquire(&launcher_shared->mutex);
+	current = launcher_shared->launcher_pid;
+	SpinLockRelease(&launcher_shared->mutex);
+	return current != 0 && current != MyBgworkerEntry->bgw_notify_pid;
 }
 
 /*
@@ -667,6 +691,15 @@ audit_database_worker_main(Datum dboid)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (orphaned())
+		{
+			ereport(LOG,
+					(errmsg("audit_db worker for database %u exits: the launcher that started it is gone",
+							DatumGetObjectId(dboid)),
+					 errdetail("The running launcher starts a worker of its own for this database.")));
+			proc_exit(0);		/* 0: the postmaster does not restart it */
 		}
 
 		run_start = GetCurrentTimestamp();

@@ -42,40 +42,18 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from clusterkit import BINDIR, log_tail, start_cluster, stop_cluster  # noqa: E402
 from testkit import Results, info, psycopg, q, q1, seal_all, sqlstate_of, wait_for  # noqa: E402
 
 pg = psycopg()
 R = Results()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINDIR = "/usr/lib/postgresql/15/bin"
 SOURCE_DB = "audited"
 ORGS = ["org-a", "org-b", "org-c"]
 
 
-def as_postgres(cmd):
-    return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
-
-
-def bash(script):
-    p = subprocess.run(["bash", "-c", "set -e; source test/lib/cluster.sh; " + script], cwd=ROOT,
-                       capture_output=True, text=True, env=dict(os.environ, PG_BINDIR=BINDIR))
-    if p.returncode != 0:
-        raise RuntimeError("%s: %s %s" % (script, p.stdout, p.stderr))
-    return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
-
-
-def start_cluster(path):
-    port = int(bash("free_port 54800 54899"))
-    bash("cluster_start %s %d \"shared_preload_libraries = 'audit_db'\" \"fsync = off\""
-         " \"synchronous_commit = off\"" % (path, port))
-    return port
-
-
-def stop(path):
-    data = os.path.join(path, "data")
-    if os.path.exists(os.path.join(data, "postmaster.pid")):
-        subprocess.run(as_postgres([BINDIR + "/pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "30", "stop"]),
-                       capture_output=True, text=True)
+def start(path):
+    return start_cluster(path, (54800, 54899), "shared_preload_libraries = 'audit_db'", "fsync = off",
+                         "synchronous_commit = off")
 
 
 def connect(path, port, dbname):
@@ -252,8 +230,8 @@ def main():
     dump = os.path.join(tmp, "audit.dump")
     started = time.monotonic()
     try:
-        src_port = start_cluster(src_path)
-        tgt_port = start_cluster(tgt_path)
+        src_port = start(src_path)
+        tgt_port = start(tgt_path)
         with connect(src_path, src_port, "postgres") as c:
             c.execute("CREATE DATABASE %s" % SOURCE_DB)
             burn_xids(c, 3000)
@@ -295,15 +273,12 @@ def main():
     except Exception as e:  # noqa: BLE001 - report, then clean up
         R.check(False, "the test ran to the end", "%s: %s" % (type(e).__name__, e))
         for path in (src_path, tgt_path):
-            log = os.path.join(path, "server.log")
-            if os.path.exists(log):
-                with open(log) as f:
-                    info("--- end of %s" % log)
-                    for line in f.readlines()[-15:]:
-                        info(line.rstrip())
+            info("--- end of the server log in %s" % path)
+            for line in log_tail(path):
+                info(line)
     finally:
-        stop(src_path)
-        stop(tgt_path)
+        stop_cluster(src_path)
+        stop_cluster(tgt_path)
         shutil.rmtree(tmp, ignore_errors=True)
     info("ran in %.1f s" % (time.monotonic() - started))
     return R.finish("dump_restore")
