@@ -203,7 +203,7 @@ PG_FUNCTION_INFO_V1(audit_archive_lines_sql);
  * audit_archive_lines_sql
  *		audit.archive_lines(archive_id, count_retrieval) -> setof jsonb: the
  *		entry's rows in id order, as stored.  Counts a retrieval when asked
- *		(and the transaction can write).  Errors with 02000 for an unknown
+ *		(and the transaction can write).  Errors with P0002 for an unknown
  *		entry and 22P02 if the stored data do not decompress.
  *
  *		The entry is read as the extension's owner (callers get no access to

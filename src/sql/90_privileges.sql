@@ -101,6 +101,9 @@ GRANT SELECT ON audit.redaction_request, audit.redacted_row, audit.erasure_exemp
 GRANT EXECUTE ON FUNCTION audit.redacted_fields_digest(audit.audit_log),
                           audit.mentions_subject(audit.audit_log, text[]) TO audit_db_auditor;
 
+-- Change tracking (77): auditors see which tables are tracked, and how.
+GRANT SELECT ON audit.tracked_table, audit.tracked_tables TO audit_db_auditor;
+
 -- Alerts, errors, health, reports (80-88): writers raise alerts and report
 -- errors of their organization; auditors read, acknowledge and resolve
 -- alerts, read errors, changes, statistics and reports, and generate

@@ -1,4 +1,5 @@
--- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby.
+-- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby; auditors read the
+-- tracked tables.
 --
 -- pg_dump now keeps every table and sequence whose rows are data (the default
 -- partition, the event id sequence, GDPR keys, mappings and redactions,
@@ -269,3 +270,6 @@ COMMENT ON FUNCTION audit.finish_restore() IS
 REVOKE ALL ON audit.restore_pending FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION audit.finish_restore() FROM PUBLIC;
 GRANT SELECT ON audit.restore_pending TO audit_db_auditor;
+
+-- Auditors see which tables are tracked.
+GRANT SELECT ON audit.tracked_table, audit.tracked_tables TO audit_db_auditor;
