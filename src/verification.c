@@ -54,6 +54,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/array.h"
@@ -1886,6 +1887,19 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 
 	vs.cxt = AllocSetContextCreate(CurrentMemoryContext, "audit verify", ALLOCSET_DEFAULT_SIZES);
 	vs.row_cxt = AllocSetContextCreate(vs.cxt, "audit verify row", ALLOCSET_DEFAULT_SIZES);
+
+	/*
+	 * No partition may be dropped while the rows are read: a drop is not
+	 * MVCC, so a snapshot taken before it would miss the partition's rows
+	 * without seeing the retention block that removed them (reported
+	 * 'missing'), or fail to open a partition listed before the drop.
+	 * Dropping a partition locks audit.audit_log in ACCESS EXCLUSIVE mode:
+	 * hold ACCESS SHARE on it, then take the snapshot (the next transaction
+	 * id is read after it).  Retention's drop waits for the verification, up
+	 * to audit_db.maintenance_lock_timeout, and the next run retries.
+	 */
+	LockRelationOid(audit_log_relid(false), AccessShareLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
 	vs.now = GetCurrentTimestamp();
 	vs.xid_offset = audit_chain_xid_offset();
 	vs.next_xid = audit_chain_xid(ReadNextFullTransactionId());
@@ -1927,6 +1941,7 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 		}
 		record_run(&vs, started, scope_document(&vs));
 		SPI_finish();
+		PopActiveSnapshot();
 	}
 	PG_FINALLY();
 	{

@@ -104,7 +104,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from testkit import Results, info, q1, seal_all, set_setting, wait_for, wait_worker_maintenance, psycopg as _load_psycopg  # noqa: E402
+from testkit import log_since, log_size, find_server_log as testkit_find_server_log, Results, info, q1, seal_all, set_setting, wait_for, wait_worker_maintenance, psycopg as _load_psycopg  # noqa: E402
 
 psycopg = _load_psycopg()
 from psycopg import sql  # noqa: E402
@@ -193,37 +193,7 @@ def server_now(conn):
 
 def find_server_log(conn):
     """(path, how) of a readable server log, or (None, why not)."""
-    if SERVER_LOG:
-        return (SERVER_LOG, "ML_SERVER_LOG") if os.access(SERVER_LOG, os.R_OK) else (None, "ML_SERVER_LOG unreadable")
-    try:
-        cur = q1(conn, "SELECT pg_current_logfile()")
-    except psycopg.Error:
-        cur = None
-    datadir = q1(conn, "SELECT current_setting('data_directory')")
-    if cur:
-        path = cur if os.path.isabs(cur) else os.path.join(datadir, cur)
-        if os.access(path, os.R_OK):
-            return path, "pg_current_logfile()"
-    path = os.path.join(os.path.dirname(datadir), "server.log")
-    if os.access(path, os.R_OK):
-        return path, "data_directory/../server.log"
-    return None, "no logging_collector file and no readable data_directory/../server.log"
-
-
-def log_size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def log_since(path, offset):
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    return testkit_find_server_log(conn, SERVER_LOG, "ML_SERVER_LOG")
 
 
 class CpuMeter:

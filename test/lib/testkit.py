@@ -150,3 +150,45 @@ def trigger_states(conn):
                    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                    "WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal "
                    "ORDER BY parent DESC, 1, 2")
+
+
+def find_server_log(conn, override=None, override_name="the override"):
+    """(path, how) of the server log this test may read, or (None, why not):
+    override (a path from the environment, named override_name) if given,
+    else pg_current_logfile(), else data_directory/../server.log (the layout
+    of test/lib/cluster.sh)."""
+    import os
+    if override:
+        return (override, override_name) if os.access(override, os.R_OK) else (None, override_name + " unreadable")
+    try:
+        cur = q1(conn, "SELECT pg_current_logfile()")
+    except Exception:  # noqa: BLE001 - not allowed to ask: fall back
+        cur = None
+    datadir = q1(conn, "SELECT current_setting('data_directory')")
+    if cur:
+        path = cur if os.path.isabs(cur) else os.path.join(datadir, cur)
+        if os.access(path, os.R_OK):
+            return path, "pg_current_logfile()"
+    path = os.path.join(os.path.dirname(datadir), "server.log")
+    if os.access(path, os.R_OK):
+        return path, "data_directory/../server.log"
+    return None, "no logging_collector file and no readable data_directory/../server.log"
+
+
+def log_size(path):
+    """Bytes in the file now (0 if it cannot be read): where to start reading later."""
+    import os
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_since(path, offset):
+    """What the file gained after offset, as text ('' if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
