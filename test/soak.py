@@ -426,6 +426,7 @@ class Writer(Loop):
         except psycopg.errors.CheckViolation as e:
             if "violates partition constraint" not in str(e):
                 raise
+            self.expected_error(e)
             self.conn.execute("ROLLBACK")
             self.stats["retried_default_partition_drain"] += 1
 
