@@ -52,12 +52,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from clusterkit import BINDIR, as_postgres, bash  # noqa: E402
 from testkit import Results, info, psycopg, q, q1, seal_all, sqlstate_of, wait_for, wait_worker_maintenance  # noqa: E402
 
 pg = psycopg()
 R = Results()
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-BINDIR = "/usr/lib/postgresql/15/bin"
 APP = "replica-test"
 DB = "audited"
 # Log lines name the backend type (%b) and application (%a): audit_db's
@@ -69,23 +69,11 @@ TABLES = ["audit_chain_block", "audit_chain_state", "maintenance_run", "audit_in
           "alerts", "alert_clock", "report_executions", "retention_summary", "audit_log_relocation"]
 
 
-def as_postgres(cmd):
-    return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
-
-
 def run(cmd, timeout=120):
     p = subprocess.run(as_postgres(cmd), capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError("%s failed (%d): %s %s" % (" ".join(cmd), p.returncode, p.stdout, p.stderr))
     return p.stdout
-
-
-def bash(script):
-    p = subprocess.run(["bash", "-c", "set -e; source test/lib/cluster.sh; " + script], cwd=ROOT,
-                       capture_output=True, text=True, env=dict(os.environ, PG_BINDIR=BINDIR))
-    if p.returncode != 0:
-        raise RuntimeError("%s: %s %s" % (script, p.stdout, p.stderr))
-    return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
 
 
 def free_port():
