@@ -64,8 +64,8 @@ SELECT principal_id IS NULL AS principal_null, principal_id = '' AS principal_em
        hash = audit.leaf_hash(l) AS hash_ok
 FROM audit.audit_log l WHERE action = 'empties' ORDER BY id;
 
--- Error paths. The enumerated columns are domains, so a plain INSERT meets
--- their CHECK constraint (audit.log_event() below adds hints).
+-- Error paths. The stamping trigger checks every row, a plain INSERT as much
+-- as audit.log_event(): check_violation (23514) with a hint.
 \set VERBOSITY default
 INSERT INTO audit.audit_log (action, status) VALUES ('bad', 'done');
 \echo :LAST_ERROR_SQLSTATE
@@ -75,6 +75,13 @@ INSERT INTO audit.audit_log (action, status, data_classification) VALUES ('bad',
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO audit.audit_log (action, status, processing_latency) VALUES ('bad', 'success', -1);
 \echo :LAST_ERROR_SQLSTATE
+INSERT INTO audit.audit_log (action, status) VALUES ('bad', '');
+\echo :LAST_ERROR_SQLSTATE
+-- One bad row refuses the whole statement: nothing of it is written.
+INSERT INTO audit.audit_log (action, status, processing_latency)
+  SELECT 'bad_batch', CASE WHEN g = 3 THEN 'maybe' ELSE 'success' END, g FROM generate_series(1, 5) g;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS bad_batch_rows FROM audit.audit_log WHERE action = 'bad_batch';
 INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('infinity', 'bad', 'success');
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('294276-12-31 23:59:59+00', 'bad', 'success');

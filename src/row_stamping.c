@@ -2,10 +2,11 @@
  *
  * row_stamping.c
  *	  BEFORE INSERT row trigger of audit.audit_log (and, by cloning, of
- *	  every partition): check that required fields are present and the
- *	  event time is in range (the domains of the enumerated columns have
- *	  checked those already), then overwrite the fields that only audit_db
- *	  may set:
+ *	  every partition): check the row (required fields present, enumerated
+ *	  columns holding one of their values, latency not negative, event time
+ *	  in range: the table has no CHECK constraints, see
+ *	  src/sql/20_audit_log.sql), then overwrite the fields that only
+ *	  audit_db may set:
  *
  *		id							next value of audit.audit_log_id_seq
  *		transaction_id				64-bit id of the inserting top-level
@@ -47,6 +48,7 @@
 #include "restore.h"
 #include "row_stamping.h"
 #include "tenancy.h"
+#include "vocabulary.h"
 
 /*
  * Accepted event times: years 1 to 9999 UTC, PostgreSQL microseconds since
@@ -183,7 +185,26 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 					 errhint("Actions starting with organization_access., organization_role., organization_role_assignment., "
 							 "tenant_isolation., gdpr., change_tracking. or audit_db. record what audit_db did; choose another name.")));
 	}
-	/* status, data_classification, processing_latency: their domains check them. */
+	/*
+	 * The table's checks (src/sql/20_audit_log.sql says why they live here):
+	 * the enumerated columns hold one of their values, latencies are not
+	 * negative.  hash_algorithm is overwritten below, but naming another
+	 * algorithm is refused rather than silently replaced.
+	 */
+	audit_check_enumerated("status", values[map->attno[AC_STATUS]],
+						   audit_status_values, audit_status_count);
+	audit_check_enumerated("data_classification", values[map->attno[AC_DATA_CLASSIFICATION]],
+						   audit_classification_values, audit_classification_count);
+	if (!nulls[map->attno[AC_HASH_ALGORITHM]])
+		audit_check_enumerated("hash_algorithm", values[map->attno[AC_HASH_ALGORITHM]],
+							   audit_hash_algorithm_values, audit_hash_algorithm_count);
+	if (!nulls[map->attno[AC_PROCESSING_LATENCY]] &&
+		DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]]) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("audit event processing_latency is negative (%d ms)",
+						DatumGetInt32(values[map->attno[AC_PROCESSING_LATENCY]])),
+				 errhint("processing_latency is the duration of the audited operation in milliseconds: 0 or more, or NULL when unknown.")));
 	if (!nulls[map->attno[AC_TIMESTAMP]])
 	{
 		TimestampTz ts = DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]]);

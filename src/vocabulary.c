@@ -25,7 +25,8 @@ const char *const audit_classification_values[] = {
 };
 const int	audit_classification_count = lengthof(audit_classification_values);
 
-static const char *const hash_algorithm_values[] = {AUDIT_HASH_ALGORITHM};
+const char *const audit_hash_algorithm_values[] = {AUDIT_HASH_ALGORITHM};
+const int	audit_hash_algorithm_count = lengthof(audit_hash_algorithm_values);
 
 bool
 audit_value_in_list(const char *value, int len, const char *const *list, int count)
@@ -85,7 +86,7 @@ PG_FUNCTION_INFO_V1(audit_is_hash_algorithm);
 Datum
 audit_is_hash_algorithm(PG_FUNCTION_ARGS)
 {
-	return text_in_list(fcinfo, hash_algorithm_values, lengthof(hash_algorithm_values));
+	return text_in_list(fcinfo, audit_hash_algorithm_values, audit_hash_algorithm_count);
 }
 
 void

@@ -4,9 +4,10 @@
  *	  The enumerated values of audit events (status, data classification,
  *	  hash algorithm) and the helpers that test and list them.
  *
- * The domains of audit.audit_log call the SQL forms (audit.is_event_status()
- * and friends), audit.log_event() and the preset validator call the C forms:
- * one list of values for all of them.
+ * The domains (audit.event_status and friends, used by presets, retention
+ * and tracking) call the SQL forms (audit.is_event_status() and friends);
+ * the stamping trigger of audit.audit_log, audit.log_event() and the preset
+ * validator call the C forms: one list of values for all of them.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,6 +18,8 @@ extern const char *const audit_status_values[];
 extern const int audit_status_count;
 extern const char *const audit_classification_values[];
 extern const int audit_classification_count;
+extern const char *const audit_hash_algorithm_values[];
+extern const int audit_hash_algorithm_count;
 
 /*
  * audit_value_in_list

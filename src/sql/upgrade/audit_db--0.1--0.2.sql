@@ -1,5 +1,5 @@
 -- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby; auditors read the
--- tracked tables.
+-- tracked tables; the checks of audit.audit_log move from domains into its stamping trigger.
 --
 -- pg_dump now keeps every table and sequence whose rows are data (the default
 -- partition, the event id sequence, GDPR keys, mappings and redactions,
@@ -273,3 +273,13 @@ GRANT SELECT ON audit.restore_pending TO audit_db_auditor;
 
 -- Auditors see which tables are tracked.
 GRANT SELECT ON audit.tracked_table, audit.tracked_tables TO audit_db_auditor;
+
+-- The checks of audit.audit_log run in its stamping trigger (C) instead of
+-- domains: a domain adds a coercion to the plan of every INSERT. The types
+-- are the domains' base types, so no row is rewritten; the domains stay for
+-- the other tables that use them.
+ALTER TABLE audit.audit_log
+  ALTER COLUMN status TYPE varchar(16),
+  ALTER COLUMN hash_algorithm TYPE varchar(50),
+  ALTER COLUMN data_classification TYPE varchar(20),
+  ALTER COLUMN processing_latency TYPE integer;
