@@ -18,6 +18,7 @@ OBJS        = src/audit_db.o \
               src/row_stamping.o \
               src/immutability.o \
               src/event_api.o \
+              src/event_writer.o \
               src/vocabulary.o \
               src/partitions.o \
               src/partition_manager.o \

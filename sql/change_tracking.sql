@@ -85,6 +85,55 @@ SELECT count(DISTINCT a.correlation_id) AS statements, count(*) AS rows
   FROM audit.audit_log a, mark WHERE a.id > mark.last AND a.action = 'visit_log.insert';
 SELECT count(*) AS rolled_back_events FROM audit.audit_log a WHERE a.target_resource_id = '3';
 
+-- The event writer (src/event_writer.c) across statements, savepoints, COPY
+-- and errors: every committed change has its event, no rolled-back one does,
+-- and nothing leaks (a relation left open would show as a WARNING here).
+CREATE TEMP TABLE mark2 AS SELECT coalesce(max(id), 0) AS last FROM audit.audit_log;
+BEGIN;
+INSERT INTO public.order_lines VALUES (8, 1, 1);
+SAVEPOINT a;
+INSERT INTO public.order_lines VALUES (8, 2, 2);
+ROLLBACK TO SAVEPOINT a;
+SAVEPOINT b;
+INSERT INTO public.order_lines VALUES (8, 3, 3);
+RELEASE SAVEPOINT b;
+UPDATE public.order_lines SET qty = qty + 10 WHERE order_id = 8;
+COMMIT;
+COPY public.order_lines FROM stdin;
+9	1	1
+9	2	2
+\.
+BEGIN;
+COPY public.order_lines FROM stdin;
+9	3	3
+\.
+-- DDL on audit.audit_log in the same transaction finds nothing held open.
+SELECT audit.ensure_month_partition(now() + interval '14 months') IS NOT NULL AS partition_created;
+ROLLBACK;
+-- A PL/pgSQL exception block: the block's events go with it, the rest stay.
+DO $$
+BEGIN
+  INSERT INTO public.order_lines VALUES (10, 1, 1);
+  BEGIN
+    INSERT INTO public.order_lines VALUES (10, 2, 2);
+    INSERT INTO public.order_lines VALUES (10, 1, 1);      -- duplicate key
+  EXCEPTION WHEN unique_violation THEN
+    INSERT INTO public.order_lines VALUES (10, 3, 3);
+  END;
+END
+$$;
+SELECT a.action, a.target_resource_id, a.details->'new'->>'qty' AS qty,
+       count(*) OVER (PARTITION BY a.correlation_id) AS events_of_statement
+  FROM audit.audit_log a, mark2 WHERE a.id > mark2.last AND a.action LIKE 'order_lines.%' ORDER BY a.id;
+SELECT array_agg(DISTINCT order_id ORDER BY order_id) AS orders_kept FROM public.order_lines;
+-- A value longer than its audit_log column is refused, with the change.
+CREATE TABLE public.long_keys (k text PRIMARY KEY);
+SELECT audit.track_table('public.long_keys');
+SELECT pg_temp.error_of($$INSERT INTO public.long_keys VALUES (repeat('k', 300))$$);
+SELECT count(*) AS long_keys_rows FROM public.long_keys;
+SELECT audit.untrack_table('public.long_keys');
+DROP TABLE public.long_keys;
+
 -- Sealed and verified like every other event.
 SELECT pg_temp.seal_all() AS sealed;
 SELECT count(*) AS problems FROM audit.verify();

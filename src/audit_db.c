@@ -34,6 +34,7 @@
 #include "audit_log_columns.h"
 #include "change_tracking.h"
 #include "config_changes.h"
+#include "event_writer.h"
 #include "immutability.h"
 #include "maintenance.h"
 #include "partition_manager.h"
@@ -145,7 +146,8 @@ lock_out_workers(void)
  *		on DISCARD ALL (a pooler handing the connection on), forget the
  *		session's audit.set_organization(); after a change of an audit_db.*
  *		setting, record it (config_changes.c); during a restore, skip what
- *		CREATE EXTENSION made already (restore.c).
+ *		CREATE EXTENSION made already (restore.c); after any statement,
+ *		close the event writer its triggers used (event_writer.c).
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -168,6 +170,8 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
 	audit_setting_change_finish(change);
+	/* COPY FROM fires row triggers without an executor: end their writer. */
+	audit_event_writer_close();
 
 	/* Only once it succeeded (DISCARD ALL is refused in a transaction block). */
 	if (IsA(pstmt->utilityStmt, DiscardStmt) &&
@@ -384,6 +388,7 @@ _PG_init(void)
 	audit_tenancy_init();
 	audit_organization_roles_init();
 	audit_change_tracking_init();
+	audit_event_writer_init();
 	audit_restore_init();
 	if (process_shared_preload_libraries_in_progress)
 		audit_worker_register_launcher();

@@ -3,7 +3,8 @@
  * change_tracking.c
  *	  The trigger of tracked tables (audit.track_table()): one audit event
  *	  per inserted, updated or deleted row, and one per TRUNCATE, written
- *	  into audit.audit_log as the extension's owner.
+ *	  into audit.audit_log as the extension's owner by the event writer
+ *	  (event_writer.c: no SQL per row).
  *
  * An event:
  *	  action                '<table>.insert' / '.update' / '.delete' / '.truncate'
@@ -63,6 +64,7 @@
 
 #include "audit_db.h"
 #include "change_tracking.h"
+#include "event_writer.h"
 #include "hashing.h"
 #include "tenancy.h"
 
@@ -118,7 +120,6 @@ typedef struct TrackedTable
 
 static HTAB *tracked_cache = NULL;
 static Oid	registry_relid = InvalidOid;
-static SPIPlanPtr insert_plan = NULL;
 static char *client_addr = NULL;	/* the session's client, NULL for a Unix socket */
 static bool client_addr_known = false;
 
@@ -615,72 +616,51 @@ push_actor(JsonbParseState **st)
 
 /*
  * write_event
- *		Insert the event into audit.audit_log as the extension's owner.
+ *		Write the event into audit.audit_log as the extension's owner, through
+ *		the event writer (event_writer.c): no SQL per row.
  */
 static void
 write_event(TrackedTable *t, int op, const char *target_id, const char *organization, Jsonb *details)
 {
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	AuditEventValues ev;
 	const char *principal;
 	const char *session_org;
 	Oid			save_userid;
 	int			save_sec;
-	int			rc;
 
 	audit_session_identity(&session_org, &principal);
 	if (organization == NULL)
 		organization = t->fixed_org ? t->fixed_org : session_org;
 
-	values[0] = CStringGetTextDatum(psprintf("%s%s", t->action_prefix, op_names[op]));
-	values[1] = principal ? CStringGetTextDatum(principal) : (Datum) 0;
-	nulls[1] = principal ? ' ' : 'n';
-	values[2] = organization ? CStringGetTextDatum(organization) : (Datum) 0;
-	nulls[2] = organization ? ' ' : 'n';
-	values[3] = CStringGetTextDatum(t->table);
-	values[4] = target_id ? CStringGetTextDatum(target_id) : (Datum) 0;
-	nulls[4] = target_id ? ' ' : 'n';
-	values[5] = CStringGetTextDatum(t->classification);
-	values[6] = CStringGetTextDatum(t->retention);
-	values[7] = CStringGetTextDatum(psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
-											 U64FromFullTransactionId(GetTopFullTransactionId()),
-											 GetCurrentCommandId(false)));
-	values[8] = JsonbPGetDatum(details);
+	audit_event_values_init(&ev);
+#define SETV(c, v) (ev.values[c] = (v), ev.nulls[c] = false)
+	SETV(AC_ACTION, CStringGetTextDatum(psprintf("%s%s", t->action_prefix, op_names[op])));
+	if (principal)
+		SETV(AC_PRINCIPAL_ID, CStringGetTextDatum(principal));
+	if (organization)
+		SETV(AC_ORGANIZATION_ID, CStringGetTextDatum(organization));
+	SETV(AC_TARGET_RESOURCE_TYPE, CStringGetTextDatum(t->table));
+	if (target_id)
+		SETV(AC_TARGET_RESOURCE_ID, CStringGetTextDatum(target_id));
+	SETV(AC_DATA_CLASSIFICATION, CStringGetTextDatum(t->classification));
+	SETV(AC_RETENTION_POLICY, CStringGetTextDatum(t->retention));
+	SETV(AC_CORRELATION_ID, CStringGetTextDatum(psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
+														 U64FromFullTransactionId(GetTopFullTransactionId()),
+														 GetCurrentCommandId(false))));
+	SETV(AC_DETAILS, JsonbPGetDatum(details));
+#undef SETV
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 	PG_TRY();
 	{
-		if (insert_plan == NULL)
-		{
-			int			nestlevel = audit_pin_search_path();
-			SPIPlanPtr	plan;
-
-			plan = SPI_prepare("INSERT INTO audit.audit_log (action, status, principal_id, organization_id,"
-							   " target_resource_type, target_resource_id, data_classification,"
-							   " retention_policy, correlation_id, details)"
-							   " VALUES ($1, 'success', $2, $3, $4, $5, $6, $7, $8, $9)",
-							   9, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-								   TEXTOID, JSONBOID});
-			AtEOXact_GUC(true, nestlevel);
-			if (plan == NULL)
-				elog(ERROR, "audit_db: preparing the change event insert failed: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_keepplan(plan);
-			insert_plan = plan;
-		}
-		rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "audit_db: writing the change event failed: %s", SPI_result_code_string(rc));
+		audit_event_write(&ev);
 	}
 	PG_FINALLY();
 	{
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_END_TRY();
-	SPI_finish();
 }
 
 PG_FUNCTION_INFO_V1(audit_record_change);

@@ -1,0 +1,67 @@
+/*-------------------------------------------------------------------------
+ *
+ * event_writer.h
+ *	  Writing audit events from C without SQL: rows go straight into the
+ *	  right partition of audit.audit_log through PostgreSQL's executor
+ *	  routines (tuple routing, the stamping trigger, the partition check,
+ *	  heap and index inserts), the way COPY FROM does, with no plan, portal
+ *	  or executor start per event.
+ *
+ * One writer is kept open while a statement's events are written (the
+ * change-tracking trigger fires once per row) and closed at the end of the
+ * statement (ExecutorEnd, or the end of a utility statement such as COPY),
+ * at the end of the (sub)transaction it was opened in, or when used from
+ * another (sub)transaction or resource owner.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AUDIT_EVENT_WRITER_H
+#define AUDIT_EVENT_WRITER_H
+
+#include "audit_log_columns.h"
+
+/*
+ * AuditEventValues
+ *		An event to write: values[c] / nulls[c] for each AuditColumn c, as
+ *		the writer passes them (text datums for the character columns).
+ *		The stamping trigger fills in and overwrites what audit_db sets.
+ */
+typedef struct AuditEventValues
+{
+	Datum		values[AC_NUM_COLUMNS];
+	bool		nulls[AC_NUM_COLUMNS];
+} AuditEventValues;
+
+/*
+ * audit_event_values_init
+ *		All columns NULL except the defaults of audit.audit_log: the event
+ *		time (transaction start, as now()), status 'success', event_version
+ *		'1.0', data_classification 'INTERNAL', retention_policy 'standard'.
+ */
+extern void audit_event_values_init(AuditEventValues *ev);
+
+/*
+ * audit_event_write
+ *		Insert one event into audit.audit_log, as an INSERT would (stamping
+ *		trigger and its checks included, row-level security aside: the
+ *		caller is audit_db itself).  A character value longer than its
+ *		column allows raises 22001.  Allocates in the current memory
+ *		context; the caller resets it.
+ */
+extern void audit_event_write(const AuditEventValues *ev);
+
+/*
+ * audit_event_writer_close
+ *		Close the open writer, if any (the utility hook calls it after each
+ *		utility statement).
+ */
+extern void audit_event_writer_close(void);
+
+/*
+ * audit_event_writer_init
+ *		Called from _PG_init: installs the ExecutorEnd hook and the
+ *		transaction callbacks that close or forget the writer.
+ */
+extern void audit_event_writer_init(void);
+
+#endif							/* AUDIT_EVENT_WRITER_H */
