@@ -126,6 +126,21 @@ SELECT a.action, a.target_resource_id, a.details->'new'->>'qty' AS qty,
        count(*) OVER (PARTITION BY a.correlation_id) AS events_of_statement
   FROM audit.audit_log a, mark2 WHERE a.id > mark2.last AND a.action LIKE 'order_lines.%' ORDER BY a.id;
 SELECT array_agg(DISTINCT order_id ORDER BY order_id) AS orders_kept FROM public.order_lines;
+-- Foreign-key checks run queries between the rows of one statement (and move
+-- the command counter on): the statement still has one correlation id.
+CREATE TABLE public.fk_parent (id integer PRIMARY KEY);
+CREATE TABLE public.fk_child (id integer PRIMARY KEY, parent integer REFERENCES public.fk_parent);
+INSERT INTO public.fk_parent SELECT generate_series(1, 5);
+SELECT audit.track_table('public.fk_child');
+INSERT INTO public.fk_child VALUES (1, 1), (2, 2), (3, 3);
+COPY public.fk_child FROM stdin;
+4	4
+5	5
+\.
+SELECT count(*) AS events, count(DISTINCT correlation_id) AS statements
+  FROM audit.audit_log WHERE action = 'fk_child.insert';
+SELECT audit.untrack_table('public.fk_child');
+DROP TABLE public.fk_child, public.fk_parent;
 -- A value longer than its audit_log column is refused, with the change.
 CREATE TABLE public.long_keys (k text PRIMARY KEY);
 SELECT audit.track_table('public.long_keys');

@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
@@ -156,6 +157,7 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 {
 	Oid			dboid = release_database_of(pstmt->utilityStmt);
 	AuditSettingChange *change = audit_setting_change_begin(pstmt->utilityStmt);
+	AuditStatementMark mark;
 
 	if (OidIsValid(dboid))
 		audit_worker_release_database(dboid);
@@ -164,10 +166,20 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	if (audit_restore_skips_statement(pstmt->utilityStmt))
 		return;
 
-	if (prev_process_utility)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	/* COPY FROM and TRUNCATE fire triggers: they name the statement. */
+	mark = audit_event_statement_enter(NULL, GetCurrentCommandId(false));
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		audit_event_statement_exit(mark);
+	}
+	PG_END_TRY();
 
 	audit_setting_change_finish(change);
 	/* COPY FROM fires row triggers without an executor: end their writer. */

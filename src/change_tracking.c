@@ -646,7 +646,7 @@ write_event(TrackedTable *t, int op, const char *target_id, const char *organiza
 	SETV(AC_RETENTION_POLICY, CStringGetTextDatum(t->retention));
 	SETV(AC_CORRELATION_ID, CStringGetTextDatum(psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
 														 U64FromFullTransactionId(GetTopFullTransactionId()),
-														 GetCurrentCommandId(false))));
+														 audit_event_statement_cid())));
 	SETV(AC_DETAILS, JsonbPGetDatum(details));
 #undef SETV
 

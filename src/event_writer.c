@@ -19,11 +19,16 @@
  * that was current when it opened them, so the writer is only used under
  * that owner and in the same subtransaction; used from elsewhere it is
  * closed and opened again.  It is closed (relations released through that
- * owner) at ExecutorEnd of any query -- the statement whose triggers wrote
- * events ends with it -- after every utility statement (COPY FROM fires row
- * triggers without an executor), at the commit of its subtransaction and
- * before the commit of its transaction.  On abort its resource owner has
- * released everything and the writer is simply forgotten.
+ * owner) at ExecutorEnd of the statement whose AFTER triggers opened it
+ * (tracked in the ExecutorFinish hook, where they fire), after every
+ * utility statement (COPY FROM fires row triggers without an executor), at
+ * the commit of its subtransaction and before the commit of its
+ * transaction.  On abort its resource owner has released everything and the
+ * writer is simply forgotten.
+ *
+ * The same hooks name the statement whose triggers are firing by its
+ * command id (audit_event_statement_cid), which the change-tracking events
+ * use as their correlation id.
  *
  * Not supported: AFTER INSERT row triggers on audit.audit_log (the
  * extension creates none; they would not fire for events written here).
@@ -65,11 +70,21 @@ typedef struct EventWriter
 	AuditColumnMap map;			/* of audit.audit_log */
 	ResourceOwner owner;		/* owns every relation opened here */
 	SubTransactionId subxid;	/* opened in this subtransaction */
+	QueryDesc  *statement;		/* whose triggers opened it; NULL: a utility */
 } EventWriter;
 
 static EventWriter *writer = NULL;
 static bool writing = false;	/* inside audit_event_write() */
 static ExecutorEnd_hook_type prev_executor_end = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
+
+/*
+ * The statement whose AFTER triggers are firing: the innermost query in
+ * ExecutorFinish, or a utility statement (COPY, TRUNCATE).  Its command id
+ * names it: the triggers' own queries (foreign-key checks among them) move
+ * the command counter on between two rows of one statement.
+ */
+static AuditStatementMark current_statement = {NULL, InvalidCommandId};
 
 void
 audit_event_values_init(AuditEventValues *ev)
@@ -146,6 +161,7 @@ open_writer(void)
 	w->map = *audit_columns_for_relation(rel);
 	w->owner = CurrentResourceOwner;
 	w->subxid = GetCurrentSubTransactionId();
+	w->statement = current_statement.query;
 	MemoryContextSwitchTo(old);
 	return w;
 }
@@ -267,7 +283,55 @@ audit_event_write(const AuditEventValues *ev)
 	writing = false;
 }
 
-/* ExecutorEnd hook: the statement that wrote events is over. */
+CommandId
+audit_event_statement_cid(void)
+{
+	if (current_statement.cid != InvalidCommandId)
+		return current_statement.cid;
+	return GetCurrentCommandId(false);
+}
+
+AuditStatementMark
+audit_event_statement_enter(QueryDesc *query, CommandId cid)
+{
+	AuditStatementMark outer = current_statement;
+
+	current_statement.query = query;
+	current_statement.cid = cid;
+	return outer;
+}
+
+void
+audit_event_statement_exit(AuditStatementMark outer)
+{
+	current_statement = outer;
+}
+
+/* ExecutorFinish hook: the statement's AFTER triggers fire in here. */
+static void
+writer_executor_finish(QueryDesc *queryDesc)
+{
+	AuditStatementMark outer = audit_event_statement_enter(queryDesc, queryDesc->estate->es_output_cid);
+
+	PG_TRY();
+	{
+		if (prev_executor_finish)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		audit_event_statement_exit(outer);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * ExecutorEnd hook: the statement that opened the writer is over.  The
+ * queries its triggers run (foreign-key checks, PL/pgSQL) end earlier and
+ * leave the writer open.
+ */
 static void
 writer_executor_end(QueryDesc *queryDesc)
 {
@@ -275,7 +339,8 @@ writer_executor_end(QueryDesc *queryDesc)
 		prev_executor_end(queryDesc);
 	else
 		standard_ExecutorEnd(queryDesc);
-	audit_event_writer_close();
+	if (writer != NULL && writer->statement == queryDesc)
+		audit_event_writer_close();
 }
 
 static void
@@ -314,6 +379,8 @@ writer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 void
 audit_event_writer_init(void)
 {
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = writer_executor_finish;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = writer_executor_end;
 	RegisterXactCallback(writer_xact_callback, NULL);

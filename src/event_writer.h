@@ -9,7 +9,7 @@
  *
  * One writer is kept open while a statement's events are written (the
  * change-tracking trigger fires once per row) and closed at the end of the
- * statement (ExecutorEnd, or the end of a utility statement such as COPY),
+ * statement (its ExecutorEnd, or the end of a utility statement such as COPY),
  * at the end of the (sub)transaction it was opened in, or when used from
  * another (sub)transaction or resource owner.
  *
@@ -19,6 +19,7 @@
 #define AUDIT_EVENT_WRITER_H
 
 #include "audit_log_columns.h"
+#include "executor/execdesc.h"
 
 /*
  * AuditEventValues
@@ -49,6 +50,34 @@ extern void audit_event_values_init(AuditEventValues *ev);
  *		context; the caller resets it.
  */
 extern void audit_event_write(const AuditEventValues *ev);
+
+/*
+ * AuditStatementMark
+ *		The statement whose AFTER triggers are firing (saved and restored
+ *		around nested ones).
+ */
+typedef struct AuditStatementMark
+{
+	QueryDesc  *query;			/* NULL for a utility statement */
+	CommandId	cid;			/* InvalidCommandId: none */
+} AuditStatementMark;
+
+/*
+ * audit_event_statement_cid
+ *		Command id of the statement whose triggers are firing: the same for
+ *		every row it changed, although the triggers' own queries move the
+ *		command counter on.  Outside any statement, the current command id.
+ */
+extern CommandId audit_event_statement_cid(void);
+
+/*
+ * audit_event_statement_enter / audit_event_statement_exit
+ *		Bracket a statement that fires triggers (the ExecutorFinish hook does
+ *		it for queries, the utility hook for COPY and TRUNCATE); exit with
+ *		what enter returned, also on error (PG_FINALLY).
+ */
+extern AuditStatementMark audit_event_statement_enter(QueryDesc *query, CommandId cid);
+extern void audit_event_statement_exit(AuditStatementMark outer);
 
 /*
  * audit_event_writer_close
