@@ -770,10 +770,11 @@ read_block_array(VerifyState *vs, struct varlena **buf, Size *cap, bool is_ids,
 
 /*
  * load_pending_block
- *		Check the pending block's leaves against its Merkle root and enter
- *		its row ids into the lookup table.
+ *		Open the pending block in a slot, whose index is returned: check its
+ *		leaves against its Merkle root and, if the lookup table is in use,
+ *		enter its row ids there.
  */
-static void
+static int
 load_pending_block(VerifyState *vs)
 {
 	HeapTuple	t = vs->pending_block;
@@ -868,6 +869,7 @@ load_pending_block(VerifyState *vs)
 	SPI_freetuptable(vs->pending_tuptable);
 	vs->pending_tuptable = NULL;
 	vs->pending_block = NULL;
+	return slot;
 }
 
 /*
@@ -1154,17 +1156,6 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 		return;
 	}
 
-	/* Load the blocks up to this row's transaction. */
-	while (fetch_pending_block(vs))
-	{
-		bool		isnull;
-		int64		xf = DatumGetInt64(SPI_getbinval(vs->pending_block, vs->pending_desc, 6, &isnull));
-
-		if (xf > xid)
-			break;
-		load_pending_block(vs);
-	}
-
 	/* Rows mostly come in sealing order: try the position after the last match. */
 	if (vs->hint_block >= 0 && vs->blocks[vs->hint_block].in_use &&
 		vs->hint_pos < vs->blocks[vs->hint_block].n &&
@@ -1176,8 +1167,37 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	}
 	else
 	{
-		hash_open_blocks(vs);
-		e = sealed_lookup(vs->sealed, id);
+		/*
+		 * Load the blocks up to this row's transaction, in height order, and
+		 * look the row up among the open blocks.  While no lookup table is
+		 * in use, loading stops at a block that starts with this row: the
+		 * next block in sealing order, where the row is.  Later blocks are
+		 * loaded when a row needs them, so that the many blocks of one large
+		 * transaction (a bulk load) are not all held, and read, at once.
+		 */
+		e = NULL;
+		while (fetch_pending_block(vs))
+		{
+			bool		isnull;
+			int64		xf = DatumGetInt64(SPI_getbinval(vs->pending_block, vs->pending_desc, 6, &isnull));
+			int			slot;
+
+			if (xf > xid)
+				break;
+			slot = load_pending_block(vs);
+			if (!vs->any_hashed && vs->blocks[slot].n > 0 && vs->blocks[slot].ids[0] == id)
+			{
+				hint.block = slot;
+				hint.pos = 0;
+				e = &hint;
+				break;
+			}
+		}
+		if (e == NULL)
+		{
+			hash_open_blocks(vs);
+			e = sealed_lookup(vs->sealed, id);
+		}
 	}
 	if (e == NULL)
 	{
@@ -1331,7 +1351,7 @@ finish_partition(VerifyState *vs)
 {
 	flush_pending(vs);
 	while (fetch_pending_block(vs))
-		load_pending_block(vs);
+		(void) load_pending_block(vs);
 	for (int i = 0; i < vs->nblocks; i++)
 		if (vs->blocks[i].in_use)
 			close_block(vs, i);
