@@ -99,6 +99,7 @@ audit_sha256(const void *data, size_t len, uint8 out[AUDIT_HASH_LEN])
  */
 #ifdef AUDIT_HAVE_SHANI
 
+/* SHA-256 round constants and initial hash value (FIPS 180-4). */
 static const uint32 sha256_k[64] __attribute__((aligned(16))) = {
 	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
 	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -114,9 +115,14 @@ static const uint32 sha256_h0[8] = {
 	0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19
 };
 
+/* Only these functions use the extensions; shani_usable() checks the CPU. */
 #define SHANI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
 
-/* state in ABEF/CDGH form */
+/*
+ * shani_load_state
+ *		The eight state words h[] in the register layout sha256rnds2 works
+ *		on: s0 = (A, B, E, F), s1 = (C, D, G, H).
+ */
 SHANI_TARGET static inline void
 shani_load_state(const uint32 h[8], __m128i *s0, __m128i *s1)
 {
@@ -129,6 +135,11 @@ shani_load_state(const uint32 h[8], __m128i *s0, __m128i *s1)
 	*s1 = _mm_blend_epi16(t1, tmp, 0xF0);	/* CDGH */
 }
 
+/*
+ * shani_store_digest
+ *		The 32-byte digest (big-endian words A..H) of a state in the layout
+ *		of shani_load_state().
+ */
 SHANI_TARGET static inline void
 shani_store_digest(__m128i s0, __m128i s1, uint8 out[32])
 {
@@ -143,6 +154,7 @@ shani_store_digest(__m128i s0, __m128i s1, uint8 out[32])
 	_mm_storeu_si128((__m128i *) (out + 16), _mm_shuffle_epi8(s1, bswap));
 }
 
+/* Rounds 4i .. 4i + 3 on state (S0, S1), message words W[4i..4i+3] in M[i & 3]. */
 #define SHANI_ROUNDS(S0, S1, M, i) do { \
 	__m128i t_ = _mm_add_epi32((M)[(i) & 3], _mm_load_si128((const __m128i *) &sha256_k[4 * (i)])); \
 	(S1) = _mm_sha256rnds2_epu32((S1), (S0), t_); \
@@ -150,13 +162,19 @@ shani_store_digest(__m128i s0, __m128i s1, uint8 out[32])
 	(S0) = _mm_sha256rnds2_epu32((S0), (S1), t_); \
 } while (0)
 
-/* M[i&3] holds W[4i..4i+3]; compute the next group in place of M[i&3] (i >= 4) */
+/*
+ * Message schedule, i >= 4: W[4i..4i+3] from the four previous groups, held
+ * in M[(i - 4) & 3] .. M[(i - 1) & 3]; it replaces the oldest, M[i & 3].
+ */
 #define SHANI_SCHED(M, i) do { \
 	(M)[(i) & 3] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32((M)[(i) & 3], (M)[((i) + 1) & 3]), \
 		_mm_alignr_epi8((M)[((i) + 3) & 3], (M)[((i) + 2) & 3], 4)), (M)[((i) + 3) & 3]); \
 } while (0)
 
-/* one 64-byte block into (s0, s1) */
+/*
+ * shani_block
+ *		Compress one 64-byte block p into the state (*s0, *s1).
+ */
 SHANI_TARGET static inline void
 shani_block(__m128i *s0, __m128i *s1, const uint8 *p)
 {
@@ -176,7 +194,11 @@ shani_block(__m128i *s0, __m128i *s1, const uint8 *p)
 	*s1 = _mm_add_epi32(*s1, a1);
 }
 
-/* two independent blocks, interleaved */
+/*
+ * shani_block_x2
+ *		shani_block() of block p into (*s0, *s1) and of block q into
+ *		(*r0, *r1), the two dependency chains interleaved.
+ */
 SHANI_TARGET static inline void
 shani_block_x2(__m128i *s0, __m128i *s1, const uint8 *p,
 			   __m128i *r0, __m128i *r1, const uint8 *q)
@@ -206,6 +228,7 @@ shani_block_x2(__m128i *s0, __m128i *s1, const uint8 *p,
 	*r1 = _mm_add_epi32(*r1, b1);
 }
 
+/* A message as a sequence of 64-byte blocks, the padded tail copied out. */
 typedef struct ShaniMsg
 {
 	const uint8 *data;
@@ -214,12 +237,18 @@ typedef struct ShaniMsg
 	uint8		tail[128];
 } ShaniMsg;
 
+/*
+ * shani_msg_init
+ *		Set m up for the len bytes at data: its whole blocks are read in
+ *		place, the rest is padded (0x80, zeros, the bit length as a 64-bit
+ *		big-endian number) into one or two tail blocks.
+ */
 static inline void
 shani_msg_init(ShaniMsg *m, const uint8 *data, size_t len)
 {
 	size_t		rest = len % 64;
 	size_t		ntail = rest + 9 <= 64 ? 1 : 2;
-	uint64	bits = (uint64) len * 8;
+	uint64		bits = (uint64) len * 8;
 
 	m->data = data;
 	m->nfull = len / 64;
@@ -232,12 +261,21 @@ shani_msg_init(ShaniMsg *m, const uint8 *data, size_t len)
 		m->tail[64 * ntail - 1 - i] = (uint8) (bits >> (8 * i));
 }
 
+/*
+ * shani_msg_block
+ *		Block i of the padded message.
+ */
 static inline const uint8 *
 shani_msg_block(const ShaniMsg *m, size_t i)
 {
 	return i < m->nfull ? m->data + 64 * i : m->tail + 64 * (i - m->nfull);
 }
 
+/*
+ * sha256_shani_x2
+ *		SHA-256 of a (alen bytes) into aout and of b (blen bytes) into bout:
+ *		their common number of blocks two at a time, the rest one at a time.
+ */
 SHANI_TARGET static void
 sha256_shani_x2(const uint8 *a, size_t alen, uint8 aout[32],
 				const uint8 *b, size_t blen, uint8 bout[32])
