@@ -29,6 +29,12 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define AUDIT_HAVE_SHANI 1
+#endif
+
 #include "access/htup_details.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
@@ -61,6 +67,7 @@ static size_t salt_pool_pos = sizeof(salt_pool);
 static int	salt_pool_pid = 0;
 
 static StringInfo encoding_buffer(void);
+static void put_jsonb_entry_text(StringInfo buf, JEntry e, const char *base, uint32 off, uint32 end);
 
 void
 audit_sha256(const void *data, size_t len, uint8 out[AUDIT_HASH_LEN])
@@ -76,6 +83,282 @@ audit_sha256(const void *data, size_t len, uint8 out[AUDIT_HASH_LEN])
 	SHA256_Update(&ctx, data, len);
 	SHA256_Final(out, &ctx);
 	OPENSSL_cleanse(&ctx, sizeof(ctx));
+}
+
+/* Two SHA-256 computations at once (verification) ------------------------- */
+
+/*
+ * audit.verify() hashes every row twice (commitment, leaf) and every Merkle
+ * node once, one short message after another; that is most of its time.
+ * With the x86 SHA extensions, one SHA-256 runs at the latency of its
+ * sha256rnds2 chain, not at the instructions' throughput: two independent
+ * messages interleaved take little more time than one.  audit_sha256_x2()
+ * does that when the CPU has the extensions (and they pass a self-test
+ * against OpenSSL on first use); otherwise it is two audit_sha256() calls.
+ * Its results are SHA-256, nothing else: the hash format is unchanged.
+ */
+#ifdef AUDIT_HAVE_SHANI
+
+/* SHA-256 round constants and initial hash value (FIPS 180-4). */
+static const uint32 sha256_k[64] __attribute__((aligned(16))) = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+	0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+	0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+	0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2
+};
+
+static const uint32 sha256_h0[8] = {
+	0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19
+};
+
+/* Only these functions use the extensions; shani_usable() checks the CPU. */
+#define SHANI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+
+/*
+ * shani_load_state
+ *		The eight state words h[] in the register layout sha256rnds2 works
+ *		on: s0 = (A, B, E, F), s1 = (C, D, G, H).
+ */
+SHANI_TARGET static inline void
+shani_load_state(const uint32 h[8], __m128i *s0, __m128i *s1)
+{
+	__m128i		tmp = _mm_loadu_si128((const __m128i *) &h[0]);
+	__m128i		t1 = _mm_loadu_si128((const __m128i *) &h[4]);
+
+	tmp = _mm_shuffle_epi32(tmp, 0xB1);		/* CDAB */
+	t1 = _mm_shuffle_epi32(t1, 0x1B);		/* EFGH */
+	*s0 = _mm_alignr_epi8(tmp, t1, 8);		/* ABEF */
+	*s1 = _mm_blend_epi16(t1, tmp, 0xF0);	/* CDGH */
+}
+
+/*
+ * shani_store_digest
+ *		The 32-byte digest (big-endian words A..H) of a state in the layout
+ *		of shani_load_state().
+ */
+SHANI_TARGET static inline void
+shani_store_digest(__m128i s0, __m128i s1, uint8 out[32])
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	__m128i		tmp = _mm_shuffle_epi32(s0, 0x1B);	/* FEBA */
+
+	s1 = _mm_shuffle_epi32(s1, 0xB1);	/* DCHG */
+	s0 = _mm_blend_epi16(tmp, s1, 0xF0);	/* DCBA */
+	s1 = _mm_alignr_epi8(s1, tmp, 8);	/* HGFE */
+	/* words are big-endian in the digest */
+	_mm_storeu_si128((__m128i *) out, _mm_shuffle_epi8(s0, bswap));
+	_mm_storeu_si128((__m128i *) (out + 16), _mm_shuffle_epi8(s1, bswap));
+}
+
+/* Rounds 4i .. 4i + 3 on state (S0, S1), message words W[4i..4i+3] in M[i & 3]. */
+#define SHANI_ROUNDS(S0, S1, M, i) do { \
+	__m128i t_ = _mm_add_epi32((M)[(i) & 3], _mm_load_si128((const __m128i *) &sha256_k[4 * (i)])); \
+	(S1) = _mm_sha256rnds2_epu32((S1), (S0), t_); \
+	t_ = _mm_shuffle_epi32(t_, 0x0E); \
+	(S0) = _mm_sha256rnds2_epu32((S0), (S1), t_); \
+} while (0)
+
+/*
+ * Message schedule, i >= 4: W[4i..4i+3] from the four previous groups, held
+ * in M[(i - 4) & 3] .. M[(i - 1) & 3]; it replaces the oldest, M[i & 3].
+ */
+#define SHANI_SCHED(M, i) do { \
+	(M)[(i) & 3] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32((M)[(i) & 3], (M)[((i) + 1) & 3]), \
+		_mm_alignr_epi8((M)[((i) + 3) & 3], (M)[((i) + 2) & 3], 4)), (M)[((i) + 3) & 3]); \
+} while (0)
+
+/*
+ * shani_block
+ *		Compress one 64-byte block p into the state (*s0, *s1).
+ */
+SHANI_TARGET static inline void
+shani_block(__m128i *s0, __m128i *s1, const uint8 *p)
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	__m128i		a0 = *s0, a1 = *s1;
+	__m128i		m[4];
+
+	for (int i = 0; i < 4; i++)
+		m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (p + 16 * i)), bswap);
+	for (int i = 0; i < 16; i++)
+	{
+		if (i >= 4)
+			SHANI_SCHED(m, i);
+		SHANI_ROUNDS(a0, a1, m, i);
+	}
+	*s0 = _mm_add_epi32(*s0, a0);
+	*s1 = _mm_add_epi32(*s1, a1);
+}
+
+/*
+ * shani_block_x2
+ *		shani_block() of block p into (*s0, *s1) and of block q into
+ *		(*r0, *r1), the two dependency chains interleaved.
+ */
+SHANI_TARGET static inline void
+shani_block_x2(__m128i *s0, __m128i *s1, const uint8 *p,
+			   __m128i *r0, __m128i *r1, const uint8 *q)
+{
+	const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	__m128i		a0 = *s0, a1 = *s1, b0 = *r0, b1 = *r1;
+	__m128i		m[4], n[4];
+
+	for (int i = 0; i < 4; i++)
+	{
+		m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (p + 16 * i)), bswap);
+		n[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (q + 16 * i)), bswap);
+	}
+	for (int i = 0; i < 16; i++)
+	{
+		if (i >= 4)
+		{
+			SHANI_SCHED(m, i);
+			SHANI_SCHED(n, i);
+		}
+		SHANI_ROUNDS(a0, a1, m, i);
+		SHANI_ROUNDS(b0, b1, n, i);
+	}
+	*s0 = _mm_add_epi32(*s0, a0);
+	*s1 = _mm_add_epi32(*s1, a1);
+	*r0 = _mm_add_epi32(*r0, b0);
+	*r1 = _mm_add_epi32(*r1, b1);
+}
+
+/* A message as a sequence of 64-byte blocks, the padded tail copied out. */
+typedef struct ShaniMsg
+{
+	const uint8 *data;
+	size_t		nfull;			/* whole 64-byte blocks of data */
+	size_t		nblocks;		/* with the padded tail */
+	uint8		tail[128];
+} ShaniMsg;
+
+/*
+ * shani_msg_init
+ *		Set m up for the len bytes at data: its whole blocks are read in
+ *		place, the rest is padded (0x80, zeros, the bit length as a 64-bit
+ *		big-endian number) into one or two tail blocks.
+ */
+static inline void
+shani_msg_init(ShaniMsg *m, const uint8 *data, size_t len)
+{
+	size_t		rest = len % 64;
+	size_t		ntail = rest + 9 <= 64 ? 1 : 2;
+	uint64		bits = (uint64) len * 8;
+
+	m->data = data;
+	m->nfull = len / 64;
+	m->nblocks = m->nfull + ntail;
+	memset(m->tail, 0, 64 * ntail);
+	if (rest > 0)
+		memcpy(m->tail, data + m->nfull * 64, rest);
+	m->tail[rest] = 0x80;
+	for (int i = 0; i < 8; i++)
+		m->tail[64 * ntail - 1 - i] = (uint8) (bits >> (8 * i));
+}
+
+/*
+ * shani_msg_block
+ *		Block i of the padded message.
+ */
+static inline const uint8 *
+shani_msg_block(const ShaniMsg *m, size_t i)
+{
+	return i < m->nfull ? m->data + 64 * i : m->tail + 64 * (i - m->nfull);
+}
+
+/*
+ * sha256_shani_x2
+ *		SHA-256 of a (alen bytes) into aout and of b (blen bytes) into bout:
+ *		their common number of blocks two at a time, the rest one at a time.
+ */
+SHANI_TARGET static void
+sha256_shani_x2(const uint8 *a, size_t alen, uint8 aout[32],
+				const uint8 *b, size_t blen, uint8 bout[32])
+{
+	ShaniMsg	ma, mb;
+	__m128i		s0, s1, r0, r1;
+	size_t		i;
+
+	shani_msg_init(&ma, a, alen);
+	shani_msg_init(&mb, b, blen);
+	shani_load_state(sha256_h0, &s0, &s1);
+	r0 = s0;
+	r1 = s1;
+	for (i = 0; i < ma.nblocks && i < mb.nblocks; i++)
+		shani_block_x2(&s0, &s1, shani_msg_block(&ma, i), &r0, &r1, shani_msg_block(&mb, i));
+	for (size_t j = i; j < ma.nblocks; j++)
+		shani_block(&s0, &s1, shani_msg_block(&ma, j));
+	for (size_t j = i; j < mb.nblocks; j++)
+		shani_block(&r0, &r1, shani_msg_block(&mb, j));
+	shani_store_digest(s0, s1, aout);
+	shani_store_digest(r0, r1, bout);
+}
+
+/*
+ * shani_usable
+ *		Whether the CPU has the SHA extensions (and SSSE3, SSE4.1) and the
+ *		code above agrees with OpenSSL on a set of lengths around the block
+ *		and padding boundaries; decided once per process.
+ */
+static bool
+shani_usable(void)
+{
+	static int	usable = -1;
+
+	if (usable < 0)
+	{
+		unsigned int a,
+					b,
+					c,
+					d;
+
+		usable = 0;
+		if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSSE3) && (c & bit_SSE4_1) &&
+			__get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_SHA))
+		{
+			uint8		msg[300];
+			uint8		x[AUDIT_HASH_LEN],
+						y[AUDIT_HASH_LEN],
+						rx[AUDIT_HASH_LEN],
+						ry[AUDIT_HASH_LEN];
+
+			for (int i = 0; i < (int) sizeof(msg); i++)
+				msg[i] = (uint8) (i * 7 + 3);
+			usable = 1;
+			for (size_t len = 0; len < 200 && usable; len += 5)
+			{
+				sha256_shani_x2(msg, len, x, msg + 1, len + 61, y);
+				audit_sha256(msg, len, rx);
+				audit_sha256(msg + 1, len + 61, ry);
+				if (memcmp(x, rx, AUDIT_HASH_LEN) != 0 || memcmp(y, ry, AUDIT_HASH_LEN) != 0)
+					usable = 0;
+			}
+			if (!usable)
+				elog(LOG, "audit_db: the SHA extensions disagree with OpenSSL, not using them");
+		}
+	}
+	return usable == 1;
+}
+#endif							/* AUDIT_HAVE_SHANI */
+
+void
+audit_sha256_x2(const void *a, size_t alen, uint8 aout[AUDIT_HASH_LEN],
+				const void *b, size_t blen, uint8 bout[AUDIT_HASH_LEN])
+{
+#ifdef AUDIT_HAVE_SHANI
+	if (shani_usable())
+	{
+		sha256_shani_x2(a, alen, aout, b, blen, bout);
+		return;
+	}
+#endif
+	audit_sha256(a, alen, aout);
+	audit_sha256(b, blen, bout);
 }
 
 void
@@ -691,6 +974,245 @@ audit_redacted_fields_digest(Datum *values, bool *nulls, const AuditColumnMap *m
 	release_large_buffer();
 }
 
+/* Verification's row hashing ----------------------------------------------- */
+
+/*
+ * put_text_datum_direct
+ *		put_text_datum() without a function call for the common case: a
+ *		plain (untoasted, uncompressed) value, 1-byte header or 4-byte, is
+ *		read in place.  Anything else goes through put_text_datum().
+ */
+static inline void
+put_text_datum_direct(StringInfo buf, Datum value, bool isnull)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(value);
+
+	if (isnull)
+		put_null(buf);
+	else if (VARATT_IS_1B(v) && !VARATT_IS_1B_E(v))
+		put_server_text(buf, VARDATA_1B(v), VARSIZE_1B(v) - VARHDRSZ_SHORT);
+	else if (VARATT_IS_4B_U(v))
+		put_server_text(buf, VARDATA_4B(v), VARSIZE_4B(v) - VARHDRSZ);
+	else
+		put_text_datum(buf, value, false);
+}
+
+/*
+ * put_jsonb_container_text
+ *		The canonical text of a jsonb container, written from its binary
+ *		form without JsonbIterator (which allocates an iterator per nested
+ *		container and fills a JsonbValue per token): byte for byte what
+ *		put_jsonb_text(), hence jsonb_out(), writes.  Children are walked in
+ *		storage order, which for objects is jsonb's key order; an object's
+ *		values follow all its keys, so two offsets advance side by side.
+ */
+static void
+put_jsonb_container_text(StringInfo buf, const JsonbContainer *jc)
+{
+	uint32		count = jc->header & JB_CMASK;
+
+	check_stack_depth();
+	if (jc->header & JB_FOBJECT)
+	{
+		const char *base = (const char *) &jc->children[count * 2];
+		uint32		koff = 0;
+		uint32		voff = count > 0 ? getJsonbOffset(jc, (int) count) : 0;
+
+		append_byte(buf, '{');
+		for (uint32 i = 0; i < count; i++)
+		{
+			JEntry		ke = jc->children[i];
+			JEntry		ve = jc->children[i + count];
+			uint32		kend = JBE_HAS_OFF(ke) ? JBE_OFFLENFLD(ke) : koff + JBE_OFFLENFLD(ke);
+			uint32		vend = JBE_HAS_OFF(ve) ? JBE_OFFLENFLD(ve) : voff + JBE_OFFLENFLD(ve);
+
+			if (i > 0)
+				append(buf, ", ", 2);
+			put_json_string(buf, base + koff, (int) (kend - koff));
+			append(buf, ": ", 2);
+			put_jsonb_entry_text(buf, ve, base, voff, vend);
+			koff = kend;
+			voff = vend;
+		}
+		append_byte(buf, '}');
+	}
+	else
+	{
+		const char *base = (const char *) &jc->children[count];
+		uint32		off = 0;
+		bool		raw_scalar = (jc->header & JB_FSCALAR) != 0;
+
+		if (!raw_scalar)
+			append_byte(buf, '[');
+		for (uint32 i = 0; i < count; i++)
+		{
+			JEntry		e = jc->children[i];
+			uint32		end = JBE_HAS_OFF(e) ? JBE_OFFLENFLD(e) : off + JBE_OFFLENFLD(e);
+
+			if (i > 0)
+				append(buf, ", ", 2);
+			put_jsonb_entry_text(buf, e, base, off, end);
+			off = end;
+		}
+		if (!raw_scalar)
+			append_byte(buf, ']');
+	}
+}
+
+/*
+ * put_jsonb_entry_text
+ *		One child of a jsonb container (entry e, data from base + off to
+ *		base + end) in canonical text.  Numbers and containers start at the
+ *		next int-aligned offset, as jsonb stores them.
+ */
+static void
+put_jsonb_entry_text(StringInfo buf, JEntry e, const char *base, uint32 off, uint32 end)
+{
+	switch (e & JENTRY_TYPEMASK)
+	{
+		case JENTRY_ISSTRING:
+			put_json_string(buf, base + off, (int) (end - off));
+			break;
+		case JENTRY_ISNUMERIC:
+			appendStringInfoString(buf,
+								   DatumGetCString(DirectFunctionCall1(numeric_out,
+																	   PointerGetDatum(base + INTALIGN(off)))));
+			break;
+		case JENTRY_ISBOOL_TRUE:
+			append(buf, "true", 4);
+			break;
+		case JENTRY_ISBOOL_FALSE:
+			append(buf, "false", 5);
+			break;
+		case JENTRY_ISNULL:
+			append(buf, "null", 4);
+			break;
+		case JENTRY_ISCONTAINER:
+			put_jsonb_container_text(buf, (const JsonbContainer *) (base + INTALIGN(off)));
+			break;
+		default:
+			elog(ERROR, "unexpected jsonb entry type %u", (unsigned) (e & JENTRY_TYPEMASK));
+	}
+}
+
+/*
+ * put_jsonb_datum_direct
+ *		put_jsonb_datum() through put_jsonb_container_text(); databases whose
+ *		text needs converting to UTF-8 take put_jsonb_datum() itself.
+ */
+static void
+put_jsonb_datum_direct(StringInfo buf, Datum value, bool isnull)
+{
+	Jsonb	   *jb;
+	int			start;
+	uint32		len;
+
+	if (isnull || !server_encoding_is_utf8())
+	{
+		(void) put_jsonb_datum(buf, value, isnull);
+		return;
+	}
+	jb = jsonb_for_reading(value);
+	put_length(buf, 0);
+	start = buf->len;
+	put_jsonb_container_text(buf, &jb->root);
+	len = (uint32) (buf->len - start);
+	buf->data[start - 4] = (char) (len >> 24);
+	buf->data[start - 3] = (char) (len >> 16);
+	buf->data[start - 2] = (char) (len >> 8);
+	buf->data[start - 1] = (char) len;
+}
+
+void
+audit_row_leaf_inputs(StringInfo commit, StringInfo leaf, Datum *values, bool *nulls,
+					  const AuditColumnMap *map)
+{
+	static const uint8 zeros[AUDIT_HASH_LEN];
+
+	if (NUL(AC_PERSONAL_DATA_SALT))
+		elog(ERROR, "audit_row_leaf_inputs needs a row with its salt");
+	resetStringInfo(commit);
+	append_byte(commit, AUDIT_COMMIT_PREFIX);
+	put_bytes(commit, AUDIT_COMMIT_DOMAIN, strlen(AUDIT_COMMIT_DOMAIN));
+	put_bytea_datum(commit, VAL(AC_PERSONAL_DATA_SALT), false);
+	put_text_datum_direct(commit, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
+	put_text_datum_direct(commit, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
+	put_text_datum_direct(commit, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
+	put_jsonb_datum_direct(commit, VAL(AC_DETAILS), NUL(AC_DETAILS));
+
+	/* The commitment is the leaf input's last field: filled in later. */
+	resetStringInfo(leaf);
+	audit_encode_leaf_input(leaf, values, nulls, map, zeros);
+}
+
+void
+audit_row_leaves_from_inputs(StringInfo commit_a, StringInfo leaf_a, uint8 out_a[AUDIT_HASH_LEN],
+							 StringInfo commit_b, StringInfo leaf_b, uint8 out_b[AUDIT_HASH_LEN])
+{
+	uint8		ca[AUDIT_HASH_LEN];
+	uint8		cb[AUDIT_HASH_LEN];
+
+	Assert(leaf_a->len >= AUDIT_HASH_LEN);
+	if (commit_b == NULL)
+	{
+		audit_sha256(commit_a->data, commit_a->len, ca);
+		memcpy(leaf_a->data + leaf_a->len - AUDIT_HASH_LEN, ca, AUDIT_HASH_LEN);
+		audit_sha256(leaf_a->data, leaf_a->len, out_a);
+		return;
+	}
+	Assert(leaf_b->len >= AUDIT_HASH_LEN);
+	audit_sha256_x2(commit_a->data, commit_a->len, ca, commit_b->data, commit_b->len, cb);
+	memcpy(leaf_a->data + leaf_a->len - AUDIT_HASH_LEN, ca, AUDIT_HASH_LEN);
+	memcpy(leaf_b->data + leaf_b->len - AUDIT_HASH_LEN, cb, AUDIT_HASH_LEN);
+	audit_sha256_x2(leaf_a->data, leaf_a->len, out_a, leaf_b->data, leaf_b->len, out_b);
+}
+
+static StringInfo verify_buffer = NULL;
+
+void
+audit_row_leaf_for_verify(Datum *values, bool *nulls, const AuditColumnMap *map,
+						  uint8 leaf[AUDIT_HASH_LEN])
+{
+	StringInfo	buf = verify_buffer;
+	uint8		commitment[AUDIT_HASH_LEN];
+
+	if (buf == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		buf = makeStringInfo();
+		MemoryContextSwitchTo(old);
+		verify_buffer = buf;
+	}
+
+	if (NUL(AC_PERSONAL_DATA_SALT))
+		audit_row_commitment(values, nulls, map, commitment, NULL);
+	else
+	{
+		resetStringInfo(buf);
+		append_byte(buf, AUDIT_COMMIT_PREFIX);
+		put_bytes(buf, AUDIT_COMMIT_DOMAIN, strlen(AUDIT_COMMIT_DOMAIN));
+		put_bytea_datum(buf, VAL(AC_PERSONAL_DATA_SALT), false);
+		put_text_datum_direct(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
+		put_text_datum_direct(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
+		put_text_datum_direct(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
+		put_jsonb_datum_direct(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
+		audit_sha256(buf->data, buf->len, commitment);
+	}
+
+	resetStringInfo(buf);
+	audit_encode_leaf_input(buf, values, nulls, map, commitment);
+	audit_sha256(buf->data, buf->len, leaf);
+
+	/* Keep no large buffer (an event with large details) past the row. */
+	if (buf->maxlen > ENCODING_BUFFER_KEEP)
+	{
+		pfree(buf->data);
+		pfree(buf);
+		verify_buffer = NULL;
+	}
+}
+
 #undef VAL
 #undef NUL
 
@@ -720,6 +1242,46 @@ audit_merkle_root(const uint8 *leaves, int n, uint8 out[AUDIT_HASH_LEN])
 	audit_merkle_root(leaves, k, node + 1);
 	audit_merkle_root(leaves + (size_t) k * AUDIT_HASH_LEN, n - k, node + 1 + AUDIT_HASH_LEN);
 	audit_sha256(node, sizeof(node), out);
+}
+
+void
+audit_merkle_root_x2(const uint8 *leaves, int n, uint8 *scratch, uint8 out[AUDIT_HASH_LEN])
+{
+	const uint8 *level = leaves;
+	uint8		node_a[1 + 2 * AUDIT_HASH_LEN];
+	uint8		node_b[1 + 2 * AUDIT_HASH_LEN];
+
+	if (n <= 1)
+	{
+		audit_merkle_root(leaves, n, out);
+		return;
+	}
+	node_a[0] = node_b[0] = AUDIT_NODE_PREFIX;
+	while (n > 1)
+	{
+		int			pairs = n / 2;
+		int			i = 0;
+
+		/* Nodes are copied out before scratch is written: in place is fine. */
+		for (; i + 1 < pairs; i += 2)
+		{
+			memcpy(node_a + 1, level + (size_t) (2 * i) * AUDIT_HASH_LEN, 2 * AUDIT_HASH_LEN);
+			memcpy(node_b + 1, level + (size_t) (2 * i + 2) * AUDIT_HASH_LEN, 2 * AUDIT_HASH_LEN);
+			audit_sha256_x2(node_a, sizeof(node_a), scratch + (size_t) i * AUDIT_HASH_LEN,
+							node_b, sizeof(node_b), scratch + (size_t) (i + 1) * AUDIT_HASH_LEN);
+		}
+		if (i < pairs)
+		{
+			memcpy(node_a + 1, level + (size_t) (2 * i) * AUDIT_HASH_LEN, 2 * AUDIT_HASH_LEN);
+			audit_sha256(node_a, sizeof(node_a), scratch + (size_t) i * AUDIT_HASH_LEN);
+		}
+		if (n % 2 == 1)			/* the odd last node moves up unchanged */
+			memmove(scratch + (size_t) pairs * AUDIT_HASH_LEN,
+					level + (size_t) (n - 1) * AUDIT_HASH_LEN, AUDIT_HASH_LEN);
+		n = pairs + n % 2;
+		level = scratch;
+	}
+	memcpy(out, level, AUDIT_HASH_LEN);
 }
 
 /*

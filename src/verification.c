@@ -111,12 +111,32 @@ typedef struct OpenBlock
 	int64		xid_to;
 	int32		n;
 	int32		seen;
-	int32		capacity;		/* of the arrays below, kept for reuse */
-	int64	   *ids;
-	uint8	   *leaves;
+	int32		capacity;		/* of seen_pos, kept for reuse */
+	int64	   *ids;			/* into ids_buf */
+	uint8	   *leaves;			/* into leaves_buf */
 	bool	   *seen_pos;		/* row at this position met */
+	struct varlena *ids_buf;	/* the row_ids value, kept for reuse */
+	struct varlena *leaves_buf; /* the leaves value, kept for reuse */
+	Size		ids_cap;		/* allocated bytes of ids_buf */
+	Size		leaves_cap;		/* allocated bytes of leaves_buf */
 	bool		hashed;			/* its ids are in VerifyState.sealed */
 } OpenBlock;
+
+/*
+ * A row whose leaf is yet to be computed: its encoded hash inputs and what
+ * the comparison with its sealed leaf needs (see flush_pending).
+ */
+typedef struct PendingRow
+{
+	int32		block;			/* index into VerifyState.blocks */
+	int32		pos;
+	int64		id;
+	int64		xid;
+	bool		stored_ok;		/* the row's hash column is 32 bytes: stored */
+	uint8		stored[AUDIT_HASH_LEN];
+	StringInfoData commit;		/* audit_row_leaf_inputs() */
+	StringInfoData leaf;
+} PendingRow;
 
 typedef struct VerifyState
 {
@@ -184,8 +204,13 @@ typedef struct VerifyState
 	int			hint_pos;
 	MemoryContext cxt;
 	MemoryContext row_cxt;
-	struct varlena *array_buf[2];	/* read_block_array() buffers, reused */
-	Size		array_cap[2];
+
+	/* Rows whose leaves are computed two at a time (flush_pending) */
+	PendingRow	pending[2];
+	int			npending;
+	bool		flushing;
+	uint8	   *merkle_scratch;	/* audit_merkle_root_x2() */
+	int			merkle_scratch_n;
 } VerifyState;
 
 /* Shared progress slots (only with the library preloaded). */
@@ -207,6 +232,8 @@ typedef struct ProgressShared
 	slock_t		mutex;
 	ProgressSlot slots[PROGRESS_SLOTS];
 } ProgressShared;
+
+static void flush_pending(VerifyState *vs);
 
 static ProgressShared *progress_shared = NULL;
 static ProgressSlot *my_slot = NULL;
@@ -310,6 +337,9 @@ report(VerifyState *vs, int64 height, int64 row_id, const char *field,
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
 
+	/* Rows met before this problem are reported before it. */
+	if (vs->npending > 0 && !vs->flushing)
+		flush_pending(vs);
 	vs->problems++;
 	if (vs->first_problem == NULL)
 	{
@@ -671,56 +701,80 @@ hash_open_blocks(VerifyState *vs)
 }
 
 /*
+ * block_buffer
+ *		Make *buf (allocated in vs->cxt, *cap bytes) hold at least size
+ *		bytes; its contents are not kept.
+ */
+static void
+block_buffer(VerifyState *vs, struct varlena **buf, Size *cap, Size size)
+{
+	if (*buf != NULL && *cap >= size)
+		return;
+	if (*buf != NULL)
+		pfree(*buf);
+	*cap = Max(size, (Size) audit_seal_block_rows * AUDIT_HASH_LEN + VARHDRSZ + 64);
+	*buf = MemoryContextAlloc(vs->cxt, *cap);
+}
+
+/*
  * read_block_array
- *		The value of a block's row_ids or leaves column, untoasted.  Those
+ *		The value of a block's row_ids or leaves column, untoasted, in the
+ *		open block's own buffer *buf (capacity *cap, grown as needed and
+ *		kept with the block slot for the whole verification).  Those values
  *		are large (80 and 320 kB for 10,000 rows) and stored out of line
- *		uncompressed; they are read straight into a buffer kept for the
- *		whole verification (buffer 0 or 1), instead of a fresh allocation
- *		per block, which the C library maps and the kernel zeroes anew each
- *		time.  Anything else (compressed, inline) is detoasted as usual.
- *		The result is valid until the next call with the same buffer.
+ *		uncompressed; they are read straight into the buffer, which the
+ *		block then uses in place: no fresh allocation per block (which the C
+ *		library maps and the kernel zeroes anew each time) and no copy.
+ *		Anything else (compressed, inline, NULL) is detoasted as usual and
+ *		copied into the buffer.  The result is *buf, valid until the slot's
+ *		next block.
  */
 static struct varlena *
-read_block_array(VerifyState *vs, int buffer, Datum value, bool isnull)
+read_block_array(VerifyState *vs, struct varlena **buf, Size *cap, bool is_ids,
+				 Datum value, bool isnull)
 {
 	struct varlena *attr;
 	struct varatt_external toast_pointer;
 	int32		size;
 	Relation	toastrel;
 
-	if (isnull)					/* NOT NULL dropped by hand: an empty value, reported by the caller */
-		return buffer == 0 ? (struct varlena *) construct_empty_array(INT8OID)
-			: (struct varlena *) audit_bytea_from_bytes("", 0);
-	attr = (struct varlena *) DatumGetPointer(value);
-	if (!VARATT_IS_EXTERNAL_ONDISK(attr))
-		return pg_detoast_datum(attr);
-	VARATT_EXTERNAL_GET_POINTER(toast_pointer, attr);
-	if (VARATT_EXTERNAL_IS_COMPRESSED(toast_pointer))
-		return pg_detoast_datum(attr);
+	attr = isnull ? NULL : (struct varlena *) DatumGetPointer(value);
+	if (attr != NULL && VARATT_IS_EXTERNAL_ONDISK(attr))
+		VARATT_EXTERNAL_GET_POINTER(toast_pointer, attr);
+	if (attr == NULL || !VARATT_IS_EXTERNAL_ONDISK(attr) ||
+		VARATT_EXTERNAL_IS_COMPRESSED(toast_pointer))
+	{
+		struct varlena *v;
+
+		/* NOT NULL dropped by hand: an empty value, reported by the caller */
+		if (attr == NULL)
+			v = is_ids ? (struct varlena *) construct_empty_array(INT8OID)
+				: (struct varlena *) audit_bytea_from_bytes("", 0);
+		else
+			v = pg_detoast_datum(attr);	/* always a 4-byte header */
+		block_buffer(vs, buf, cap, VARSIZE(v));
+		memcpy(*buf, v, VARSIZE(v));
+		if (v != attr)
+			pfree(v);
+		return *buf;
+	}
 
 	size = VARATT_EXTERNAL_GET_EXTSIZE(toast_pointer);
-	if (vs->array_buf[buffer] == NULL || vs->array_cap[buffer] < (Size) size + VARHDRSZ)
-	{
-		if (vs->array_buf[buffer] != NULL)
-			pfree(vs->array_buf[buffer]);
-		vs->array_cap[buffer] = Max((Size) size + VARHDRSZ,
-									(Size) audit_seal_block_rows * AUDIT_HASH_LEN + VARHDRSZ + 64);
-		vs->array_buf[buffer] = MemoryContextAlloc(vs->cxt, vs->array_cap[buffer]);
-	}
-	SET_VARSIZE(vs->array_buf[buffer], size + VARHDRSZ);
+	block_buffer(vs, buf, cap, (Size) size + VARHDRSZ);
+	SET_VARSIZE(*buf, size + VARHDRSZ);
 	toastrel = table_open(toast_pointer.va_toastrelid, AccessShareLock);
-	table_relation_fetch_toast_slice(toastrel, toast_pointer.va_valueid, size, 0, size,
-									 vs->array_buf[buffer]);
+	table_relation_fetch_toast_slice(toastrel, toast_pointer.va_valueid, size, 0, size, *buf);
 	table_close(toastrel, AccessShareLock);
-	return vs->array_buf[buffer];
+	return *buf;
 }
 
 /*
  * load_pending_block
- *		Check the pending block's leaves against its Merkle root and enter
- *		its row ids into the lookup table.
+ *		Open the pending block in a slot, whose index is returned: check its
+ *		leaves against its Merkle root and, if the lookup table is in use,
+ *		enter its row ids there.
  */
-static void
+static int
 load_pending_block(VerifyState *vs)
 {
 	HeapTuple	t = vs->pending_block;
@@ -728,14 +782,16 @@ load_pending_block(VerifyState *vs)
 	bool		isnull;
 	int64		height = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
 	int32		n = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
-	Datum		ids_value = SPI_getbinval(t, d, 3, &isnull);
-	ArrayType  *ids = (ArrayType *) read_block_array(vs, 0, ids_value, isnull);
-	Datum		leaves_value = SPI_getbinval(t, d, 4, &isnull);
-	bytea	   *leaves = (bytea *) read_block_array(vs, 1, leaves_value, isnull);
-	uint8		root[AUDIT_HASH_LEN];
-	uint8		computed[AUDIT_HASH_LEN];
 	int			slot = open_block_slot(vs);
 	OpenBlock  *b = &vs->blocks[slot];
+	Datum		ids_value = SPI_getbinval(t, d, 3, &isnull);
+	ArrayType  *ids = (ArrayType *) read_block_array(vs, &b->ids_buf, &b->ids_cap, true,
+													 ids_value, isnull);
+	Datum		leaves_value = SPI_getbinval(t, d, 4, &isnull);
+	bytea	   *leaves = (bytea *) read_block_array(vs, &b->leaves_buf, &b->leaves_cap, false,
+												   leaves_value, isnull);
+	uint8		root[AUDIT_HASH_LEN];
+	uint8		computed[AUDIT_HASH_LEN];
 	int			nids = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
 	int			nleaves = VARSIZE_ANY_EXHDR(leaves) / AUDIT_HASH_LEN;
 	MemoryContext old;
@@ -752,38 +808,40 @@ load_pending_block(VerifyState *vs)
 		report(vs, height, 0, "row_ids", "modified",
 			   psprintf("the block lists %d row ids and %d leaves for %d rows", nids, nleaves, n));
 		n = Min(nids, nleaves);
+		/* never read past the array, whatever its element type */
+		n = Min(n, (int) ((VARSIZE(ids) - ARR_DATA_OFFSET(ids)) / sizeof(int64)));
+		n = Max(n, 0);
 	}
 	b->n = n;
 
-	if (b->capacity < n || b->ids == NULL)
+	/* Both arrays are used in place, in the slot's buffers. */
+	b->ids = (int64 *) ARR_DATA_PTR(ids);
+	b->leaves = (uint8 *) VARDATA(leaves);
+	if (b->capacity < n || b->seen_pos == NULL)
 	{
 		int			cap = Max(n, audit_seal_block_rows);
 
 		old = MemoryContextSwitchTo(vs->cxt);
-		if (b->ids)
-		{
-			pfree(b->ids);
-			pfree(b->leaves);
+		if (b->seen_pos)
 			pfree(b->seen_pos);
-		}
-		b->ids = palloc(sizeof(int64) * Max(cap, 1));
-		b->leaves = palloc((Size) AUDIT_HASH_LEN * Max(cap, 1));
 		b->seen_pos = palloc(sizeof(bool) * Max(cap, 1));
 		b->capacity = cap;
 		MemoryContextSwitchTo(old);
 	}
 	memset(b->seen_pos, 0, sizeof(bool) * Max(n, 1));
-	if (n > 0)
-	{
-		memcpy(b->ids, ARR_DATA_PTR(ids), sizeof(int64) * n);
-		memcpy(b->leaves, VARDATA_ANY(leaves), (Size) AUDIT_HASH_LEN * n);
-	}
 
 	if (!column_is_hash(t, d, 5, root))
 		report(vs, height, 0, "merkle_root", "modified", "the Merkle root is not 32 bytes");
 	else
 	{
-		audit_merkle_root(b->leaves, n, computed);
+		if (vs->merkle_scratch_n < (n + 1) / 2)
+		{
+			if (vs->merkle_scratch)
+				pfree(vs->merkle_scratch);
+			vs->merkle_scratch_n = Max((n + 1) / 2, audit_seal_block_rows);
+			vs->merkle_scratch = MemoryContextAlloc(vs->cxt, (Size) vs->merkle_scratch_n * AUDIT_HASH_LEN);
+		}
+		audit_merkle_root_x2(b->leaves, n, vs->merkle_scratch, computed);
 		if (memcmp(root, computed, AUDIT_HASH_LEN) != 0)
 			report(vs, height, 0, "leaves", "modified",
 				   "the block's leaves do not produce its Merkle root");
@@ -811,6 +869,7 @@ load_pending_block(VerifyState *vs)
 	SPI_freetuptable(vs->pending_tuptable);
 	vs->pending_tuptable = NULL;
 	vs->pending_block = NULL;
+	return slot;
 }
 
 /*
@@ -903,7 +962,6 @@ static bool
 row_leaf(VerifyState *vs, int64 height, int64 id, Datum *values, bool *nulls,
 		 const AuditColumnMap *map, uint8 leaf[AUDIT_HASH_LEN])
 {
-	uint8		commitment[AUDIT_HASH_LEN];
 	int			salt = map->attno[AC_PERSONAL_DATA_SALT];
 	int			com = map->attno[AC_PERSONAL_DATA_COMMITMENT];
 
@@ -918,9 +976,128 @@ row_leaf(VerifyState *vs, int64 height, int64 id, Datum *values, bool *nulls,
 			return false;
 		}
 	}
-	audit_row_commitment(values, nulls, map, commitment, NULL);
-	audit_row_leaf_hash(values, nulls, map, commitment, leaf);
+	audit_row_leaf_for_verify(values, nulls, map, leaf);
 	return true;
+}
+
+/*
+ * compare_leaf
+ *		Compare the leaf recomputed for the row at position pos of open
+ *		block `block` (id, transaction id xid) with the leaf sealed there,
+ *		and its stored hash (stored_ok: the hash column holds 32 bytes, in
+ *		stored) with both; report what differs.  True when all agree.
+ */
+static bool
+compare_leaf(VerifyState *vs, int block, int pos, int64 id, int64 xid,
+			 const uint8 leaf[AUDIT_HASH_LEN], bool stored_ok, const uint8 stored[AUDIT_HASH_LEN])
+{
+	OpenBlock  *b = &vs->blocks[block];
+	const uint8 *sealed_leaf = b->leaves + (size_t) pos * AUDIT_HASH_LEN;
+
+	if (memcmp(leaf, sealed_leaf, AUDIT_HASH_LEN) != 0)
+	{
+		int			other = -1;
+
+		for (int i = 0; i < b->n && other < 0; i++)
+			if (i != pos && memcmp(leaf, b->leaves + (size_t) i * AUDIT_HASH_LEN, AUDIT_HASH_LEN) == 0)
+				other = i;
+		if (other >= 0)
+			report(vs, b->height, id, NULL, "reordered",
+				   psprintf("the row's leaf is sealed at position %d, the block lists the row at %d",
+							other, pos));
+		else if (xid < b->xid_from || xid >= b->xid_to)
+			report(vs, b->height, id, "transaction_id", "modified",
+				   "the row's transaction id is outside its block's interval");
+		else
+			report(vs, b->height, id, NULL, "modified",
+				   "the row's fields do not produce the leaf hash sealed for it");
+		return false;
+	}
+	if (!stored_ok || memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
+	{
+		report(vs, b->height, id, "hash", "modified",
+			   "the row's stored hash differs from its sealed leaf");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * flush_pending
+ *		Compute the leaves of the pending rows (two at once) and compare
+ *		them with their sealed leaves, in the order the rows were met.
+ *		Called when a second row is pending, before any other problem is
+ *		reported (report() does it, so problems come out in row order),
+ *		before a block is closed and at the end of a partition.
+ */
+static void
+flush_pending(VerifyState *vs)
+{
+	uint8		leaves[2][AUDIT_HASH_LEN];
+	int			n = vs->npending;
+	PendingRow *p = vs->pending;
+
+	if (n == 0 || vs->flushing)
+		return;
+	vs->flushing = true;
+	audit_row_leaves_from_inputs(&p[0].commit, &p[0].leaf, leaves[0],
+								 n > 1 ? &p[1].commit : NULL, n > 1 ? &p[1].leaf : NULL, leaves[1]);
+	for (int i = 0; i < n; i++)
+		(void) compare_leaf(vs, p[i].block, p[i].pos, p[i].id, p[i].xid, leaves[i],
+							p[i].stored_ok, p[i].stored);
+	vs->npending = 0;
+	vs->flushing = false;
+}
+
+/*
+ * row_can_wait
+ *		Whether the row's leaf may be computed later, together with the
+ *		next row's (defer_row): the row has its salt, and nothing but its
+ *		leaf and hash is checked, because audit_redaction_check_row()
+ *		(redaction.c) has nothing to check in it.  That function looks at
+ *		redacted rows (no salt) and GDPR request events (action "gdpr.*");
+ *		any action starting with "gdpr" is taken synchronously.
+ */
+static bool
+row_can_wait(Datum *values, bool *nulls, const AuditColumnMap *map)
+{
+	text	   *action;
+
+	if (nulls[map->attno[AC_PERSONAL_DATA_SALT]] || nulls[map->attno[AC_ACTION]])
+		return false;
+	action = DatumGetTextPP(values[map->attno[AC_ACTION]]);
+	return !(VARSIZE_ANY_EXHDR(action) >= 4 && memcmp(VARDATA_ANY(action), "gdpr", 4) == 0);
+}
+
+/*
+ * defer_row
+ *		Encode the row (at position pos of open block `block`) for
+ *		flush_pending(); computes the pending leaves once two rows wait.
+ */
+static void
+defer_row(VerifyState *vs, int block, int pos, int64 id, int64 xid,
+		  Datum *values, bool *nulls, const AuditColumnMap *map)
+{
+	PendingRow *p = &vs->pending[vs->npending];
+
+	if (p->commit.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(vs->cxt);
+
+		initStringInfo(&p->commit);
+		initStringInfo(&p->leaf);
+		MemoryContextSwitchTo(old);
+	}
+	audit_row_leaf_inputs(&p->commit, &p->leaf, values, nulls, map);
+	p->block = block;
+	p->pos = pos;
+	p->id = id;
+	p->xid = xid;
+	p->stored_ok = audit_bytea_is_hash(values[map->attno[AC_HASH]], nulls[map->attno[AC_HASH]],
+									   p->stored);
+	vs->npending++;
+	if (vs->npending == lengthof(vs->pending))
+		flush_pending(vs);
 }
 
 /*
@@ -937,7 +1114,6 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	OpenBlock  *b;
 	uint8		leaf[AUDIT_HASH_LEN];
 	uint8		stored[AUDIT_HASH_LEN];
-	bool		isnull_hash;
 
 	if (nulls[map->attno[AC_ID]] || nulls[map->attno[AC_TRANSACTION_ID]])
 	{
@@ -980,17 +1156,6 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 		return;
 	}
 
-	/* Load the blocks up to this row's transaction. */
-	while (fetch_pending_block(vs))
-	{
-		bool		isnull;
-		int64		xf = DatumGetInt64(SPI_getbinval(vs->pending_block, vs->pending_desc, 6, &isnull));
-
-		if (xf > xid)
-			break;
-		load_pending_block(vs);
-	}
-
 	/* Rows mostly come in sealing order: try the position after the last match. */
 	if (vs->hint_block >= 0 && vs->blocks[vs->hint_block].in_use &&
 		vs->hint_pos < vs->blocks[vs->hint_block].n &&
@@ -1002,8 +1167,37 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	}
 	else
 	{
-		hash_open_blocks(vs);
-		e = sealed_lookup(vs->sealed, id);
+		/*
+		 * Load the blocks up to this row's transaction, in height order, and
+		 * look the row up among the open blocks.  While no lookup table is
+		 * in use, loading stops at a block that starts with this row: the
+		 * next block in sealing order, where the row is.  Later blocks are
+		 * loaded when a row needs them, so that the many blocks of one large
+		 * transaction (a bulk load) are not all held, and read, at once.
+		 */
+		e = NULL;
+		while (fetch_pending_block(vs))
+		{
+			bool		isnull;
+			int64		xf = DatumGetInt64(SPI_getbinval(vs->pending_block, vs->pending_desc, 6, &isnull));
+			int			slot;
+
+			if (xf > xid)
+				break;
+			slot = load_pending_block(vs);
+			if (!vs->any_hashed && vs->blocks[slot].n > 0 && vs->blocks[slot].ids[0] == id)
+			{
+				hint.block = slot;
+				hint.pos = 0;
+				e = &hint;
+				break;
+			}
+		}
+		if (e == NULL)
+		{
+			hash_open_blocks(vs);
+			e = sealed_lookup(vs->sealed, id);
+		}
 	}
 	if (e == NULL)
 	{
@@ -1031,41 +1225,26 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 	if (row_in_organization(vs, values, nulls, map))
 	{
 		vs->rows_checked++;
-		if (row_leaf(vs, b->height, id, values, nulls, map, leaf))
+		if (row_can_wait(values, nulls, map))
+			defer_row(vs, e->block, e->pos, id, xid, values, nulls, map);
+		else
 		{
-			const uint8 *sealed_leaf = b->leaves + (size_t) e->pos * AUDIT_HASH_LEN;
-
-			if (memcmp(leaf, sealed_leaf, AUDIT_HASH_LEN) != 0)
-			{
-				int			other = -1;
-
-				for (int i = 0; i < b->n && other < 0; i++)
-					if (i != e->pos && memcmp(leaf, b->leaves + (size_t) i * AUDIT_HASH_LEN, AUDIT_HASH_LEN) == 0)
-						other = i;
-				if (other >= 0)
-					report(vs, b->height, id, NULL, "reordered",
-						   psprintf("the row's leaf is sealed at position %d, the block lists the row at %d",
-									other, e->pos));
-				else if (xid < b->xid_from || xid >= b->xid_to)
-					report(vs, b->height, id, "transaction_id", "modified",
-						   "the row's transaction id is outside its block's interval");
-				else
-					report(vs, b->height, id, NULL, "modified",
-						   "the row's fields do not produce the leaf hash sealed for it");
-			}
-			else if (!audit_bytea_is_hash(values[map->attno[AC_HASH]],
-									(isnull_hash = nulls[map->attno[AC_HASH]]), stored) ||
-					 memcmp(stored, leaf, AUDIT_HASH_LEN) != 0)
-				report(vs, b->height, id, "hash", "modified",
-					   "the row's stored hash differs from its sealed leaf");
-			else
+			flush_pending(vs);
+			if (row_leaf(vs, b->height, id, values, nulls, map, leaf) &&
+				compare_leaf(vs, e->block, e->pos, id, xid, leaf,
+							 audit_bytea_is_hash(values[map->attno[AC_HASH]], nulls[map->attno[AC_HASH]],
+												 stored),
+							 stored))
 				audit_redaction_check_row(vs->redactions, values, nulls, map,
 										  report_redaction, vs);
 		}
 	}
 
 	if (b->seen == b->n)
+	{
+		flush_pending(vs);
 		close_block(vs, e->block);
+	}
 }
 
 /*
@@ -1170,8 +1349,9 @@ open_partition_blocks(VerifyState *vs, const AuditPartition *part)
 static void
 finish_partition(VerifyState *vs)
 {
+	flush_pending(vs);
 	while (fetch_pending_block(vs))
-		load_pending_block(vs);
+		(void) load_pending_block(vs);
 	for (int i = 0; i < vs->nblocks; i++)
 		if (vs->blocks[i].in_use)
 			close_block(vs, i);
