@@ -147,6 +147,22 @@ CREATE TEMP TABLE erin AS
 SELECT (SELECT pseudonym ~ '^pt_[0-9a-f]{32}$' FROM dave) AS token_pseudonym,
        (SELECT pseudonym ~ '^pe_[A-Za-z0-9_-]+$' FROM erin) AS encryption_pseudonym,
        (SELECT rows_affected FROM dave) AS dave_rows, (SELECT rows_affected FROM erin) AS erin_rows;
+-- Asked again, after dave logged one more event: the same token covers the
+-- new row, and a repeated request changes nothing and is no error (the same
+-- for the encryption strategy).
+RESET SESSION AUTHORIZATION;
+INSERT INTO audit.audit_log (action, status, principal_id) VALUES ('late_dave', 'success', 'dave');
+SET SESSION AUTHORIZATION regress_gd_officer;
+SELECT p.pseudonym = d.pseudonym AS same_token, p.rows_affected
+  FROM audit.pseudonymize('dave', 'token', 'ticket-3b') p, dave d;
+SELECT p.pseudonym = d.pseudonym AS same_token, p.rows_affected
+  FROM audit.pseudonymize('dave', 'token', 'ticket-3c') p, dave d;
+SELECT p.pseudonym = e.pseudonym AS same_pseudonym, p.rows_affected
+  FROM audit.pseudonymize('erin', 'encryption', 'ticket-4b', encryption_key => 'correct horse battery staple') p, erin e;
+RESET SESSION AUTHORIZATION;
+SELECT count(*) AS dave_mappings FROM audit.pseudonym_mapping m, dave d WHERE m.strategy = 'token'
+   AND m.original_lookup = (SELECT original_lookup FROM audit.pseudonym_mapping WHERE pseudonym = d.pseudonym);
+SET SESSION AUTHORIZATION regress_gd_officer;
 SELECT audit.original_id((SELECT pseudonym FROM dave), reason => 'subject access request 3') AS dave;
 SELECT audit.original_id((SELECT pseudonym FROM erin), encryption_key => 'correct horse battery staple') AS erin;
 SELECT audit.original_id((SELECT pseudonym FROM erin), encryption_key => 'wrong horse battery staple') AS erin;

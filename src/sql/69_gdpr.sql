@@ -330,7 +330,18 @@ BEGIN
   END IF;
 
   lookup := audit.gdpr_hmac(secret.hmac_key, 'audit_db.lookup.v1', map_scope, principal_id);
-  IF strategy = 'hash' THEN
+  -- A subject pseudonymized before with this strategy keeps that pseudonym:
+  -- rows logged since get the same one, and a repeated request is a no-op
+  -- (token and encryption pseudonyms are random: a new one would split the
+  -- subject in two).
+  SELECT m.pseudonym INTO p FROM audit.pseudonym_mapping m
+   WHERE m.original_lookup = lookup AND m.organization_scope = map_scope
+     AND m.strategy = pseudonymize.strategy
+   ORDER BY m.created_at, m.pseudonym LIMIT 1;
+  existed := p IS NOT NULL;
+  IF existed THEN
+    NULL;
+  ELSIF strategy = 'hash' THEN
     p := 'ph_' || encode(substr(audit.gdpr_hmac(secret.hmac_key, 'audit_db.pseudonym.v1', map_scope, principal_id),
                                 1, 16), 'hex');
     enc := audit.gdpr_encrypt(secret.mapping_key, principal_id);
@@ -347,11 +358,13 @@ BEGIN
     END IF;
   END IF;
 
-  INSERT INTO audit.pseudonym_mapping AS m (organization_scope, pseudonym, strategy, original_encrypted,
-                                            original_lookup, requested_by, created_by)
-  VALUES (map_scope, p, strategy, enc, lookup, requested_by, session_user)
-  ON CONFLICT ON CONSTRAINT pseudonym_mapping_pkey DO NOTHING;
-  existed := NOT FOUND;
+  IF NOT existed THEN
+    INSERT INTO audit.pseudonym_mapping AS m (organization_scope, pseudonym, strategy, original_encrypted,
+                                              original_lookup, requested_by, created_by)
+    VALUES (map_scope, p, strategy, enc, lookup, requested_by, session_user)
+    ON CONFLICT ON CONSTRAINT pseudonym_mapping_pkey DO NOTHING;
+    existed := NOT FOUND;
+  END IF;
 
   req := nextval('audit.redaction_request_id_seq');
   SELECT * INTO STRICT res

@@ -1,5 +1,6 @@
 -- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby; auditors read the
--- tracked tables; the checks of audit.audit_log move from domains into its stamping trigger.
+-- tracked tables; the checks of audit.audit_log move from domains into its stamping trigger;
+-- a repeated pseudonymization reuses the subject's token or encrypted pseudonym.
 --
 -- pg_dump now keeps every table and sequence whose rows are data (the default
 -- partition, the event id sequence, GDPR keys, mappings and redactions,
@@ -283,3 +284,104 @@ ALTER TABLE audit.audit_log
   ALTER COLUMN hash_algorithm TYPE varchar(50),
   ALTER COLUMN data_classification TYPE varchar(20),
   ALTER COLUMN processing_latency TYPE integer;
+
+-- Pseudonymizing a subject again with the token or encryption strategy
+-- reuses its pseudonym instead of failing with P0002 (or, for rows logged
+-- since, giving the same subject a second pseudonym).
+CREATE OR REPLACE FUNCTION audit.pseudonymize(principal_id text, strategy text DEFAULT 'hash', requested_by text DEFAULT NULL,
+                                   encryption_key text DEFAULT NULL, organization text DEFAULT NULL)
+RETURNS TABLE (pseudonym text, rows_affected bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  scope    text := audit.gdpr_authorize('pseudonymize');
+  org      text := audit.gdpr_organization(scope, organization);
+  map_scope text := coalesce(org, '*');
+  secret   audit.pseudonym_secret;
+  p        text;
+  enc      bytea;
+  lookup   bytea;
+  existed  boolean;
+  archived bigint;
+  req      bigint;
+  res      record;
+  root     bytea;
+BEGIN
+  PERFORM audit.gdpr_check_subject(principal_id, requested_by, true);
+  IF strategy IS NULL OR strategy NOT IN ('hash', 'token', 'encryption') THEN
+    RAISE EXCEPTION 'unknown pseudonymization strategy %', coalesce(quote_literal(strategy), 'NULL')
+      USING ERRCODE = '22023', HINT = 'One of: hash, token, encryption.';
+  END IF;
+  IF strategy <> 'encryption' AND encryption_key IS NOT NULL THEN
+    RAISE EXCEPTION 'encryption_key applies to the encryption strategy only' USING ERRCODE = '22023',
+      HINT = 'Leave encryption_key NULL for the hash and token strategies.';
+  END IF;
+  -- One redaction at a time: rows are rewritten from one consistent view.
+  LOCK TABLE audit.redaction_request IN SHARE ROW EXCLUSIVE MODE;
+  SELECT * INTO STRICT secret FROM audit.pseudonym_secret;
+
+  IF EXISTS (SELECT FROM audit.pseudonym_mapping m
+              WHERE m.pseudonym = pseudonymize.principal_id AND m.organization_scope IN (map_scope, '*')) THEN
+    RAISE EXCEPTION 'principal_id % is already a pseudonym', quote_literal(principal_id) USING ERRCODE = '22023',
+      HINT = 'Pseudonymize the original id; audit.original_id() reverses a pseudonym.';
+  END IF;
+
+  lookup := audit.gdpr_hmac(secret.hmac_key, 'audit_db.lookup.v1', map_scope, principal_id);
+  -- A subject pseudonymized before with this strategy keeps that pseudonym:
+  -- rows logged since get the same one, and a repeated request is a no-op
+  -- (token and encryption pseudonyms are random: a new one would split the
+  -- subject in two).
+  SELECT m.pseudonym INTO p FROM audit.pseudonym_mapping m
+   WHERE m.original_lookup = lookup AND m.organization_scope = map_scope
+     AND m.strategy = pseudonymize.strategy
+   ORDER BY m.created_at, m.pseudonym LIMIT 1;
+  existed := p IS NOT NULL;
+  IF existed THEN
+    NULL;
+  ELSIF strategy = 'hash' THEN
+    p := 'ph_' || encode(substr(audit.gdpr_hmac(secret.hmac_key, 'audit_db.pseudonym.v1', map_scope, principal_id),
+                                1, 16), 'hex');
+    enc := audit.gdpr_encrypt(secret.mapping_key, principal_id);
+  ELSIF strategy = 'token' THEN
+    p := 'pt_' || encode(audit.gdpr_random_bytes(16), 'hex');
+    enc := audit.gdpr_encrypt(secret.mapping_key, principal_id);
+  ELSE
+    enc := audit.gdpr_encrypt(audit.gdpr_encryption_key(encryption_key), principal_id);
+    p := 'pe_' || translate(encode(enc, 'base64'), E'+/=\n', '-_');
+    IF length(p) > 255 THEN
+      RAISE EXCEPTION 'principal_id is too long for the encryption strategy (% bytes)', octet_length(principal_id)
+        USING ERRCODE = '22001',
+        HINT = 'Its pseudonym would not fit audit_log.principal_id (255); use the hash or token strategy.';
+    END IF;
+  END IF;
+
+  IF NOT existed THEN
+    INSERT INTO audit.pseudonym_mapping AS m (organization_scope, pseudonym, strategy, original_encrypted,
+                                              original_lookup, requested_by, created_by)
+    VALUES (map_scope, p, strategy, enc, lookup, requested_by, session_user)
+    ON CONFLICT ON CONSTRAINT pseudonym_mapping_pkey DO NOTHING;
+    existed := NOT FOUND;
+  END IF;
+
+  req := nextval('audit.redaction_request_id_seq');
+  SELECT * INTO STRICT res
+    FROM audit.redact_subject_rows(req, ARRAY[principal_id], p, org, false, false);
+  archived := audit.warn_archived_subject_rows(ARRAY[principal_id], org);
+  IF res.rows_changed = 0 AND NOT existed AND archived = 0 THEN
+    RAISE EXCEPTION 'no audit row mentions principal %', quote_literal(principal_id) USING ERRCODE = 'P0002',
+      HINT = CASE WHEN org IS NULL THEN 'Check the id: it is matched exactly (case-sensitive), as a whole token.'
+                  ELSE format('Only organization %L''s rows were searched.', org) END;
+  END IF;
+
+  SELECT audit.merkle_root(coalesce(array_agg(d.fields_digest ORDER BY d.audit_log_id), '{}'))
+    INTO root FROM audit.redacted_row d WHERE d.request_id = req;
+  INSERT INTO audit.redaction_request (request_id, kind, organization_id, strategy, requested_by, performed_by,
+                                       rows_changed, attestation_root)
+  VALUES (req, 'pseudonymize', org, strategy, requested_by, session_user, res.rows_changed, root);
+  PERFORM audit.record_gdpr_event('gdpr.pseudonymize', org, 'pseudonym', p,
+            jsonb_build_object('request_id', req, 'strategy', strategy, 'requested_by', requested_by,
+                               'rows_changed', res.rows_changed, 'attestation_root', encode(root, 'hex')));
+  RETURN QUERY SELECT p, res.rows_changed;
+END
+$$;
