@@ -110,6 +110,34 @@ COPY public.order_lines FROM stdin;
 -- DDL on audit.audit_log in the same transaction finds nothing held open.
 SELECT audit.ensure_month_partition(now() + interval '14 months') IS NOT NULL AS partition_created;
 ROLLBACK;
+-- Outside subtransactions the writer stays open from one statement of a
+-- transaction to the next: DDL that refuses a relation in use (ALTER TABLE
+-- of the partition the events went to) still runs between them, and the
+-- events after it are written as before.
+BEGIN;
+DO $$
+BEGIN
+  INSERT INTO public.order_lines VALUES (11, 1, 1);
+  EXECUTE format('ALTER TABLE %s SET (fillfactor = 100)',
+                 (SELECT tableoid::regclass FROM audit.audit_log ORDER BY id DESC LIMIT 1));
+  INSERT INTO public.order_lines VALUES (11, 2, 2);
+END
+$$;
+SELECT audit.ensure_month_partition(now() + interval '15 months') IS NOT NULL AS partition_created;
+UPDATE public.order_lines SET qty = qty + 1 WHERE order_id = 11;
+SELECT a.action, a.target_resource_id, count(*) OVER (PARTITION BY a.correlation_id) AS events_of_statement
+  FROM audit.audit_log a WHERE a.action LIKE 'order_lines.%' AND a.target_resource_id LIKE '["11",%' ORDER BY a.id;
+ROLLBACK;
+-- A BEFORE INSERT trigger of one's own on audit.audit_log fires for the
+-- events, before the stamping trigger (alphabetical order), as for an INSERT.
+BEGIN;
+CREATE FUNCTION public.tag_event() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN NEW.details := NEW.details || '{"tagged": true}'; RETURN NEW; END $$;
+CREATE TRIGGER a_tag_event BEFORE INSERT ON audit.audit_log FOR EACH ROW EXECUTE FUNCTION public.tag_event();
+INSERT INTO public.order_lines VALUES (11, 3, 3);
+SELECT a.action, a.details->>'tagged' AS tagged, length(a.hash) AS hash_bytes
+  FROM audit.audit_log a WHERE a.action = 'order_lines.insert' ORDER BY a.id DESC LIMIT 1;
+ROLLBACK;
 -- A PL/pgSQL exception block: the block's events go with it, the rest stay.
 DO $$
 BEGIN

@@ -147,8 +147,8 @@ lock_out_workers(void)
  *		on DISCARD ALL (a pooler handing the connection on), forget the
  *		session's audit.set_organization(); after a change of an audit_db.*
  *		setting, record it (config_changes.c); during a restore, skip what
- *		CREATE EXTENSION made already (restore.c); after any statement,
- *		close the event writer its triggers used (event_writer.c).
+ *		CREATE EXTENSION made already (restore.c); before and after any
+ *		statement, close the event writer (event_writer.c).
  */
 static void
 audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -166,6 +166,8 @@ audit_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	if (audit_restore_skips_statement(pstmt->utilityStmt))
 		return;
 
+	/* DDL refuses relations still open: the event writer's, for one. */
+	audit_event_writer_close();
 	/* COPY FROM and TRUNCATE fire triggers: they name the statement. */
 	mark = audit_event_statement_enter(NULL, GetCurrentCommandId(false));
 	PG_TRY();
@@ -279,7 +281,7 @@ _PG_init(void)
 
 	DefineCustomIntVariable("audit_db.unsealed_grace",
 							"Age after which audit.verify() reports a finished but unsealed row.",
-							"Also the time without any seal after which it does so.",
+							"Also how long the background sealer (or, without it, any seal) must have been missing.",
 							&audit_unsealed_grace,
 							60,
 							1,

@@ -14,17 +14,34 @@
  * the partition's BEFORE ROW triggers (the stamping trigger, so an event
  * written here is checked, numbered and hashed exactly like any INSERT),
  * NOT NULL and partition checks, table_tuple_insert, ExecInsertIndexTuples.
+ * When the stamping trigger is the partition's only BEFORE INSERT row
+ * trigger (as the extension installs it), the writer calls the stamping
+ * code itself instead of firing it: the same checks and stamp, without the
+ * two heap tuples a trigger call forms and the partition check PostgreSQL
+ * runs after a cloned BEFORE ROW trigger (stamping never changes the event
+ * time, the partition key).  Any other trigger there, or the stamping
+ * trigger disabled or conditional, and the triggers fire as PostgreSQL
+ * fires them.
  *
- * Lifetime.  The relations the writer opens belong to the resource owner
- * that was current when it opened them, so the writer is only used under
- * that owner and in the same subtransaction; used from elsewhere it is
- * closed and opened again.  It is closed (relations released through that
- * owner) at ExecutorEnd of the statement whose AFTER triggers opened it
- * (tracked in the ExecutorFinish hook, where they fire), after every
- * utility statement (COPY FROM fires row triggers without an executor), at
- * the commit of its subtransaction and before the commit of its
- * transaction.  On abort its resource owner has released everything and the
- * writer is simply forgotten.
+ * Lifetime.  Outside subtransactions (the common case: pgbench's TPC-B
+ * transaction tracks four statements) the writer is opened under the
+ * transaction's resource owner and kept for the rest of the transaction, so
+ * a statement that changes one row does not set up routing, open the
+ * partition and its four indexes again.  It is closed before the commit,
+ * before every utility statement (DDL such as DROP TABLE or DETACH
+ * PARTITION refuses a relation that is still open, and retention drops
+ * partitions through SPI, which passes the utility hook too), and opened
+ * again after a relcache invalidation of audit.audit_log or of a partition
+ * it wrote to.  Inside a subtransaction the relations belong to the
+ * resource owner that was current when it opened them, so that writer is
+ * only used under that owner and in the same subtransaction; used from
+ * elsewhere it is closed and opened again.  It is closed (relations
+ * released through that owner) at ExecutorEnd of the statement whose AFTER
+ * triggers opened it (tracked in the ExecutorFinish hook, where they
+ * fire), after every utility statement (COPY FROM fires row triggers
+ * without an executor), at the commit of its subtransaction and before the
+ * commit of its transaction.  On abort its resource owner has released
+ * everything and the writer is simply forgotten.
  *
  * The same hooks name the statement whose triggers are firing by its
  * command id (audit_event_statement_cid), which the change-tracking events
@@ -40,6 +57,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/execPartition.h"
 #include "executor/executor.h"
@@ -48,6 +66,7 @@
 #include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
@@ -59,6 +78,10 @@
 #include "audit_db.h"
 #include "event_writer.h"
 #include "partitions.h"
+#include "restore.h"
+#include "row_stamping.h"
+
+#define MAX_LEAVES 8
 
 typedef struct EventWriter
 {
@@ -71,10 +94,17 @@ typedef struct EventWriter
 	ResourceOwner owner;		/* owns every relation opened here */
 	SubTransactionId subxid;	/* opened in this subtransaction */
 	QueryDesc  *statement;		/* whose triggers opened it; NULL: a utility */
+	bool		persistent;		/* opened at top level: kept across statements */
+	int			nleaves;		/* partitions rows went to */
+	Oid			leaves[MAX_LEAVES]; /* the first MAX_LEAVES of them */
+	ResultRelInfo *stamp_leaf;	/* the partition stamp_direct is about */
+	bool		stamp_direct;	/* stamp rows of stamp_leaf without the trigger */
+	AuditColumnMap stamp_map;	/* column map of stamp_leaf */
 } EventWriter;
 
 static EventWriter *writer = NULL;
 static bool writing = false;	/* inside audit_event_write() */
+static bool writer_stale = false;	/* its relations changed: open it again */
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 static ExecutorFinish_hook_type prev_executor_finish = NULL;
 
@@ -106,17 +136,23 @@ audit_event_values_init(AuditEventValues *ev)
 
 /*
  * open_writer
- *		Set up the executor state for inserting into audit.audit_log, under
- *		the current resource owner, in TopTransactionContext.
+ *		Set up the executor state for inserting into audit.audit_log, in
+ *		TopTransactionContext, under the transaction's resource owner when
+ *		persistent (the caller is in no subtransaction), else under the
+ *		current one.
  */
 static EventWriter *
-open_writer(void)
+open_writer(bool persistent)
 {
 	Oid			relid = audit_log_relid(false);
 	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	ResourceOwner save_owner = CurrentResourceOwner;
 	EventWriter *w = palloc0(sizeof(EventWriter));
 	RangeTblEntry *rte;
 	Relation	rel;
+
+	if (persistent)
+		CurrentResourceOwner = TopTransactionResourceOwner;
 
 	/* The range table entry's lock: ExecInitResultRelation expects it held. */
 	LockRelationOid(relid, RowExclusiveLock);
@@ -162,7 +198,10 @@ open_writer(void)
 	w->owner = CurrentResourceOwner;
 	w->subxid = GetCurrentSubTransactionId();
 	w->statement = current_statement.query;
+	w->persistent = persistent;
+	CurrentResourceOwner = save_owner;
 	MemoryContextSwitchTo(old);
+	writer_stale = false;
 	return w;
 }
 
@@ -211,6 +250,58 @@ check_length(Form_pg_attribute att, Datum value)
 				 errhint("audit.audit_log.%s is varchar(%d).", NameStr(att->attname), max_chars)));
 }
 
+/*
+ * stamps_directly
+ *		Whether rows of the partition leaf can be stamped by calling
+ *		audit_stamp_values() instead of firing its BEFORE INSERT row
+ *		triggers: true when the only such trigger is audit_db's stamping
+ *		function, enabled ALWAYS (as the extension creates it, so it fires
+ *		under any session_replication_role) and without a WHEN condition.
+ *		Looks the trigger's function up the way the executor does, into the
+ *		ResultRelInfo's cache.
+ */
+static bool
+stamps_directly(ResultRelInfo *leaf, EState *estate)
+{
+	TriggerDesc *td = leaf->ri_TrigDesc;
+	Trigger    *stamp = NULL;
+	int			at = -1;
+
+	if (td == NULL)
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		if (!TRIGGER_TYPE_MATCHES(td->triggers[i].tgtype, TRIGGER_TYPE_ROW,
+								  TRIGGER_TYPE_BEFORE, TRIGGER_TYPE_INSERT))
+			continue;
+		if (stamp != NULL)
+			return false;		/* more than one */
+		stamp = &td->triggers[i];
+		at = i;
+	}
+	if (stamp == NULL || stamp->tgenabled != TRIGGER_FIRES_ALWAYS || stamp->tgqual != NULL)
+		return false;
+	if (leaf->ri_TrigFunctions[at].fn_oid == InvalidOid)
+		fmgr_info_cxt(stamp->tgfoid, &leaf->ri_TrigFunctions[at], estate->es_query_cxt);
+	return leaf->ri_TrigFunctions[at].fn_addr == audit_stamp_row;
+}
+
+/*
+ * remember_leaf
+ *		Note a partition the writer routed a row to, for the relcache
+ *		callback; past MAX_LEAVES partitions any invalidation counts.
+ */
+static void
+remember_leaf(EventWriter *w, Oid relid)
+{
+	for (int i = 0; i < Min(w->nleaves, MAX_LEAVES); i++)
+		if (w->leaves[i] == relid)
+			return;
+	if (w->nleaves < MAX_LEAVES)
+		w->leaves[w->nleaves] = relid;
+	w->nleaves++;
+}
+
 void
 audit_event_write(const AuditEventValues *ev)
 {
@@ -220,14 +311,18 @@ audit_event_write(const AuditEventValues *ev)
 	TupleDesc	desc;
 	ResultRelInfo *leaf;
 	TupleConversionMap *map;
-	bool		has_before_row;
+	bool		fire_before_row;
 	MemoryContext old;
+	ResourceOwner save_owner;
+	bool		top_level = GetCurrentSubTransactionId() == TopSubTransactionId;
 
 	if (writer != NULL &&
-		(writer->owner != CurrentResourceOwner || writer->subxid != GetCurrentSubTransactionId()))
+		(writer_stale ||
+		 (writer->persistent ? !top_level :
+		  (writer->owner != CurrentResourceOwner || writer->subxid != GetCurrentSubTransactionId()))))
 		audit_event_writer_close();
 	if (writer == NULL)
-		writer = open_writer();
+		writer = open_writer(top_level);
 	w = writer;
 	estate = w->estate;
 	slot = w->slot;
@@ -237,6 +332,9 @@ audit_event_write(const AuditEventValues *ev)
 		estate->es_snapshot = GetActiveSnapshot();
 
 	writing = true;
+	/* Partitions and indexes opened on the way belong to the writer's owner. */
+	save_owner = CurrentResourceOwner;
+	CurrentResourceOwner = w->owner;
 	old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 
 	ExecClearTuple(slot);
@@ -261,13 +359,26 @@ audit_event_write(const AuditEventValues *ev)
 	if (map != NULL)
 		slot = execute_attr_map_slot(map->attrMap, slot, leaf->ri_PartitionTupleSlot);
 
-	has_before_row = leaf->ri_TrigDesc && leaf->ri_TrigDesc->trig_insert_before_row;
-	if (!has_before_row || ExecBRInsertTriggers(estate, leaf, slot))
+	if (leaf != w->stamp_leaf)
+	{
+		remember_leaf(w, RelationGetRelid(leaf->ri_RelationDesc));
+		w->stamp_direct = stamps_directly(leaf, estate);
+		w->stamp_map = *audit_columns_for_relation(leaf->ri_RelationDesc);
+		w->stamp_leaf = leaf;
+	}
+	fire_before_row = leaf->ri_TrigDesc && leaf->ri_TrigDesc->trig_insert_before_row;
+	if (fire_before_row && w->stamp_direct && !audit_loading_verbatim())
+	{
+		slot_getallattrs(slot);
+		audit_stamp_values(&w->stamp_map, slot->tts_values, slot->tts_isnull);
+		fire_before_row = false;
+	}
+	if (!fire_before_row || ExecBRInsertTriggers(estate, leaf, slot))
 	{
 		if (leaf->ri_RelationDesc->rd_att->constr)
 			ExecConstraints(leaf, slot, estate);
 		/* A BEFORE ROW trigger could have moved the row out of the partition. */
-		if (has_before_row)
+		if (fire_before_row)
 			ExecPartitionCheck(leaf, slot, estate, true);
 		table_tuple_insert(leaf->ri_RelationDesc, slot, estate->es_output_cid, 0, NULL);
 		if (leaf->ri_NumIndices > 0)
@@ -279,6 +390,7 @@ audit_event_write(const AuditEventValues *ev)
 	}
 
 	MemoryContextSwitchTo(old);
+	CurrentResourceOwner = save_owner;
 	ResetPerTupleExprContext(estate);
 	writing = false;
 }
@@ -339,7 +451,7 @@ writer_executor_end(QueryDesc *queryDesc)
 		prev_executor_end(queryDesc);
 	else
 		standard_ExecutorEnd(queryDesc);
-	if (writer != NULL && writer->statement == queryDesc)
+	if (writer != NULL && !writer->persistent && writer->statement == queryDesc)
 		audit_event_writer_close();
 }
 
@@ -376,6 +488,32 @@ writer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/*
+ * writer_relcache_callback
+ *		audit.audit_log or a partition the writer routed rows to changed
+ *		(a partition attached, an index created, ...): the writer's routing
+ *		and opened relations may be out of date.  Only a flag: an
+ *		invalidation can arrive at any point, the writer is opened again at
+ *		its next row.
+ */
+static void
+writer_relcache_callback(Datum arg, Oid relid)
+{
+	EventWriter *w = writer;
+
+	if (w == NULL || writer_stale)
+		return;
+	if (!OidIsValid(relid) || relid == RelationGetRelid(w->root->ri_RelationDesc) ||
+		w->nleaves > MAX_LEAVES)
+	{
+		writer_stale = true;
+		return;
+	}
+	for (int i = 0; i < w->nleaves; i++)
+		if (w->leaves[i] == relid)
+			writer_stale = true;
+}
+
 void
 audit_event_writer_init(void)
 {
@@ -385,4 +523,5 @@ audit_event_writer_init(void)
 	ExecutorEnd_hook = writer_executor_end;
 	RegisterXactCallback(writer_xact_callback, NULL);
 	RegisterSubXactCallback(writer_subxact_callback, NULL);
+	CacheRegisterRelcacheCallback(writer_relcache_callback, (Datum) 0);
 }

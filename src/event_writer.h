@@ -3,15 +3,17 @@
  * event_writer.h
  *	  Writing audit events from C without SQL: rows go straight into the
  *	  right partition of audit.audit_log through PostgreSQL's executor
- *	  routines (tuple routing, the stamping trigger, the partition check,
- *	  heap and index inserts), the way COPY FROM does, with no plan, portal
+ *	  routines (tuple routing, the stamping, the NOT NULL checks, heap and
+ *	  index inserts), the way COPY FROM does, with no plan, portal
  *	  or executor start per event.
  *
- * One writer is kept open while a statement's events are written (the
- * change-tracking trigger fires once per row) and closed at the end of the
- * statement (its ExecutorEnd, or the end of a utility statement such as COPY),
- * at the end of the (sub)transaction it was opened in, or when used from
- * another (sub)transaction or resource owner.
+ * One writer is kept open while events are written.  Outside
+ * subtransactions it lasts until the transaction commits, a utility
+ * statement runs or audit.audit_log's partitions change; inside a
+ * subtransaction it is closed at the end of the statement (its
+ * ExecutorEnd, or the end of a utility statement such as COPY), at the end
+ * of the subtransaction it was opened in, or when used from another
+ * (sub)transaction or resource owner.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,8 +46,10 @@ extern void audit_event_values_init(AuditEventValues *ev);
 /*
  * audit_event_write
  *		Insert one event into audit.audit_log, as an INSERT would (stamping
- *		trigger and its checks included, row-level security aside: the
- *		caller is audit_db itself).  A character value longer than its
+ *		and its checks included -- called directly when the stamping trigger
+ *		is the partition's only BEFORE INSERT row trigger, fired with the
+ *		others otherwise -- row-level security aside: the caller is audit_db
+ *		itself).  A character value longer than its
  *		column allows raises 22001.  Allocates in the current memory
  *		context; the caller resets it.
  */
@@ -81,8 +85,8 @@ extern void audit_event_statement_exit(AuditStatementMark outer);
 
 /*
  * audit_event_writer_close
- *		Close the open writer, if any (the utility hook calls it after each
- *		utility statement).
+ *		Close the open writer, if any, unless a row is being written (the
+ *		utility hook calls it before and after each utility statement).
  */
 extern void audit_event_writer_close(void);
 

@@ -17,8 +17,9 @@
  *
  * SHA-256 comes from OpenSSL (PostgreSQL itself is built with it), through
  * its low-level interface so that the insert path allocates nothing for
- * hashing.  jsonb is written in its canonical text by put_jsonb_text(), which
- * produces exactly what jsonb_out() produces, without its per-string copies.
+ * hashing.  jsonb is written in its canonical text by
+ * put_jsonb_container_text(), which walks the binary form and produces
+ * exactly what jsonb_out() produces, without its iterator and copies.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,6 +68,7 @@ static size_t salt_pool_pos = sizeof(salt_pool);
 static int	salt_pool_pid = 0;
 
 static StringInfo encoding_buffer(void);
+static void put_jsonb_container_text(StringInfo buf, const JsonbContainer *jc);
 static void put_jsonb_entry_text(StringInfo buf, JEntry e, const char *base, uint32 off, uint32 end);
 
 void
@@ -666,104 +668,6 @@ put_json_string(StringInfo buf, const char *s, int len)
 }
 
 /*
- * put_json_scalar
- *		A JSON scalar as jsonb_out() writes it.
- */
-static void
-put_json_scalar(StringInfo buf, JsonbValue *v)
-{
-	switch (v->type)
-	{
-		case jbvNull:
-			append(buf, "null", 4);
-			break;
-		case jbvString:
-			put_json_string(buf, v->val.string.val, v->val.string.len);
-			break;
-		case jbvNumeric:
-			appendStringInfoString(buf,
-								   DatumGetCString(DirectFunctionCall1(numeric_out,
-																	   NumericGetDatum(v->val.numeric))));
-			break;
-		case jbvBool:
-			if (v->val.boolean)
-				append(buf, "true", 4);
-			else
-				append(buf, "false", 5);
-			break;
-		default:
-			elog(ERROR, "unexpected jsonb scalar type %d", (int) v->type);
-	}
-}
-
-/*
- * put_jsonb_text
- *		The canonical text of a jsonb container: byte for byte what
- *		jsonb_out() (JsonbToCString without indentation) produces.  Object
- *		keys come from jsonb already unique and ordered.
- */
-static void
-put_jsonb_text(StringInfo buf, JsonbContainer *root)
-{
-	JsonbIterator *it = JsonbIteratorInit(root);
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	bool		first = true;
-	bool		raw_scalar = false;
-
-	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-	{
-		switch (tok)
-		{
-			case WJB_BEGIN_ARRAY:
-				if (!first)
-					append(buf, ", ", 2);
-				if (v.val.array.rawScalar)
-					raw_scalar = true;
-				else
-					append_byte(buf, '[');
-				first = true;
-				break;
-			case WJB_BEGIN_OBJECT:
-				if (!first)
-					append(buf, ", ", 2);
-				append_byte(buf, '{');
-				first = true;
-				break;
-			case WJB_KEY:
-				if (!first)
-					append(buf, ", ", 2);
-				put_json_string(buf, v.val.string.val, v.val.string.len);
-				append(buf, ": ", 2);
-				/* a container value follows without a separator */
-				first = true;
-				break;
-			case WJB_VALUE:
-				put_json_scalar(buf, &v);
-				first = false;
-				break;
-			case WJB_ELEM:
-				if (!first)
-					append(buf, ", ", 2);
-				put_json_scalar(buf, &v);
-				first = false;
-				break;
-			case WJB_END_ARRAY:
-				if (!raw_scalar)
-					append_byte(buf, ']');
-				first = false;
-				break;
-			case WJB_END_OBJECT:
-				append_byte(buf, '}');
-				first = false;
-				break;
-			default:
-				elog(ERROR, "unexpected jsonb iterator token %d", (int) tok);
-		}
-	}
-}
-
-/*
  * jsonb_for_reading
  *		The jsonb of a datum, aligned for reading.  A short inline value (a
  *		small details document as stored on disk, with a 1-byte header) is
@@ -811,7 +715,7 @@ put_jsonb_datum(StringInfo buf, Datum value, bool isnull)
 	jb = jsonb_for_reading(value);
 	put_length(buf, 0);
 	start = buf->len;
-	put_jsonb_text(buf, &jb->root);
+	put_jsonb_container_text(buf, &jb->root);
 	len = buf->len - start;
 
 	if (!server_encoding_is_utf8())
@@ -834,6 +738,27 @@ put_jsonb_datum(StringInfo buf, Datum value, bool isnull)
 	return len;
 }
 
+/*
+ * put_text_datum_direct
+ *		put_text_datum() without a function call for the common case: a
+ *		plain (untoasted, uncompressed) value, 1-byte header or 4-byte, is
+ *		read in place.  Anything else goes through put_text_datum().
+ */
+static inline void
+put_text_datum_direct(StringInfo buf, Datum value, bool isnull)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(value);
+
+	if (isnull)
+		put_null(buf);
+	else if (VARATT_IS_1B(v) && !VARATT_IS_1B_E(v))
+		put_server_text(buf, VARDATA_1B(v), VARSIZE_1B(v) - VARHDRSZ_SHORT);
+	else if (VARATT_IS_4B_U(v))
+		put_server_text(buf, VARDATA_4B(v), VARSIZE_4B(v) - VARHDRSZ);
+	else
+		put_text_datum(buf, value, false);
+}
+
 /* Row encodings ---------------------------------------------------------- */
 
 #define VAL(c)	values[map->attno[c]]
@@ -854,9 +779,9 @@ audit_encode_commitment_input(StringInfo buf, Datum *values, bool *nulls,
 	appendStringInfoCharMacro(buf, AUDIT_COMMIT_PREFIX);
 	put_bytes(buf, AUDIT_COMMIT_DOMAIN, strlen(AUDIT_COMMIT_DOMAIN));
 	put_bytea_datum(buf, VAL(AC_PERSONAL_DATA_SALT), false);
-	put_text_datum(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
-	put_text_datum(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
-	put_text_datum(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
+	put_text_datum_direct(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
+	put_text_datum_direct(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
+	put_text_datum_direct(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
 	dlen = put_jsonb_datum(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
 	if (details_len)
 		*details_len = dlen;
@@ -892,7 +817,7 @@ audit_encode_leaf_input(StringInfo buf, Datum *values, bool *nulls,
 		put_int64(buf, DatumGetTimestampTz(VAL(AC_TIMESTAMP)) + UNIX_TO_POSTGRES_USECS);
 
 	for (int i = 0; i < (int) lengthof(text_fields); i++)
-		put_text_datum(buf, VAL(text_fields[i]), NUL(text_fields[i]));
+		put_text_datum_direct(buf, VAL(text_fields[i]), NUL(text_fields[i]));
 
 	if (NUL(AC_PROCESSING_LATENCY))
 		put_null(buf);
@@ -977,34 +902,14 @@ audit_redacted_fields_digest(Datum *values, bool *nulls, const AuditColumnMap *m
 /* Verification's row hashing ----------------------------------------------- */
 
 /*
- * put_text_datum_direct
- *		put_text_datum() without a function call for the common case: a
- *		plain (untoasted, uncompressed) value, 1-byte header or 4-byte, is
- *		read in place.  Anything else goes through put_text_datum().
- */
-static inline void
-put_text_datum_direct(StringInfo buf, Datum value, bool isnull)
-{
-	struct varlena *v = (struct varlena *) DatumGetPointer(value);
-
-	if (isnull)
-		put_null(buf);
-	else if (VARATT_IS_1B(v) && !VARATT_IS_1B_E(v))
-		put_server_text(buf, VARDATA_1B(v), VARSIZE_1B(v) - VARHDRSZ_SHORT);
-	else if (VARATT_IS_4B_U(v))
-		put_server_text(buf, VARDATA_4B(v), VARSIZE_4B(v) - VARHDRSZ);
-	else
-		put_text_datum(buf, value, false);
-}
-
-/*
  * put_jsonb_container_text
  *		The canonical text of a jsonb container, written from its binary
  *		form without JsonbIterator (which allocates an iterator per nested
  *		container and fills a JsonbValue per token): byte for byte what
- *		put_jsonb_text(), hence jsonb_out(), writes.  Children are walked in
- *		storage order, which for objects is jsonb's key order; an object's
- *		values follow all its keys, so two offsets advance side by side.
+ *		jsonb_out() writes (JsonbToCString without indentation).
+ *		Children are walked in storage order, which for objects is jsonb's
+ *		key order; an object's values follow all its keys, so two offsets
+ *		advance side by side.
  */
 static void
 put_jsonb_container_text(StringInfo buf, const JsonbContainer *jc)
@@ -1095,34 +1000,6 @@ put_jsonb_entry_text(StringInfo buf, JEntry e, const char *base, uint32 off, uin
 	}
 }
 
-/*
- * put_jsonb_datum_direct
- *		put_jsonb_datum() through put_jsonb_container_text(); databases whose
- *		text needs converting to UTF-8 take put_jsonb_datum() itself.
- */
-static void
-put_jsonb_datum_direct(StringInfo buf, Datum value, bool isnull)
-{
-	Jsonb	   *jb;
-	int			start;
-	uint32		len;
-
-	if (isnull || !server_encoding_is_utf8())
-	{
-		(void) put_jsonb_datum(buf, value, isnull);
-		return;
-	}
-	jb = jsonb_for_reading(value);
-	put_length(buf, 0);
-	start = buf->len;
-	put_jsonb_container_text(buf, &jb->root);
-	len = (uint32) (buf->len - start);
-	buf->data[start - 4] = (char) (len >> 24);
-	buf->data[start - 3] = (char) (len >> 16);
-	buf->data[start - 2] = (char) (len >> 8);
-	buf->data[start - 1] = (char) len;
-}
-
 void
 audit_row_leaf_inputs(StringInfo commit, StringInfo leaf, Datum *values, bool *nulls,
 					  const AuditColumnMap *map)
@@ -1138,7 +1015,7 @@ audit_row_leaf_inputs(StringInfo commit, StringInfo leaf, Datum *values, bool *n
 	put_text_datum_direct(commit, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
 	put_text_datum_direct(commit, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
 	put_text_datum_direct(commit, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
-	put_jsonb_datum_direct(commit, VAL(AC_DETAILS), NUL(AC_DETAILS));
+	put_jsonb_datum(commit, VAL(AC_DETAILS), NUL(AC_DETAILS));
 
 	/* The commitment is the leaf input's last field: filled in later. */
 	resetStringInfo(leaf);
@@ -1196,7 +1073,7 @@ audit_row_leaf_for_verify(Datum *values, bool *nulls, const AuditColumnMap *map,
 		put_text_datum_direct(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
 		put_text_datum_direct(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
 		put_text_datum_direct(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
-		put_jsonb_datum_direct(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
+		put_jsonb_datum(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
 		audit_sha256(buf->data, buf->len, commitment);
 	}
 

@@ -91,74 +91,16 @@ hash_algorithm_datum(void)
 	return algorithm;
 }
 
-PG_FUNCTION_INFO_V1(audit_stamp_row);
-
-/*
- * audit_stamp_row
- *		Trigger function audit.stamp_audit_row(): BEFORE INSERT FOR EACH ROW
- *		only.  Returns the stamped row; raises on invalid input, so a bad
- *		event is refused whole and nothing is half-written.
- */
-Datum
-audit_stamp_row(PG_FUNCTION_ARGS)
+void
+audit_stamp_values(const AuditColumnMap *map, Datum *values, bool *nulls)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Relation	rel;
-	TupleDesc	tupdesc;
-	AuditColumnMap colmap;
-	const AuditColumnMap *map = &colmap;
 	int64		id;
-	HeapTuple	oldtuple;
-	HeapTuple	newtuple;
-	Datum	   *values;
-	bool	   *nulls;
 	uint8		salt[AUDIT_SALT_LEN];
 	uint8		commitment[AUDIT_HASH_LEN];
 	uint8		leaf[AUDIT_HASH_LEN];
 	int			details_len = 0;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("audit.stamp_audit_row() must be fired BEFORE INSERT FOR EACH ROW"),
-				 errhint("It is installed on audit.audit_log by the extension; do not attach it elsewhere.")));
-
-	rel = trigdata->tg_relation;
-	tupdesc = RelationGetDescr(rel);
-	/* A copy: the cached entry may go away at any invalidation below. */
-	colmap = *audit_columns_for_relation(rel);
-	oldtuple = trigdata->tg_trigtuple;
-
-	/*
-	 * A row loaded verbatim (pg_restore or logical replication apply, under
-	 * session_replication_role = replica, which only a superuser can set)
-	 * that arrives stamped keeps its stamp: its hash is already in the chain
-	 * or waits to be sealed.  A row without one is stamped as any other.
-	 */
-	if (audit_loading_verbatim() &&
-		!heap_attisnull(oldtuple, map->attno[AC_ID] + 1, tupdesc) &&
-		!heap_attisnull(oldtuple, map->attno[AC_HASH] + 1, tupdesc) &&
-		!heap_attisnull(oldtuple, map->attno[AC_TRANSACTION_ID] + 1, tupdesc))
-		return PointerGetDatum(oldtuple);
 	audit_refuse_while_restoring("log an audit event");
-
-	/*
-	 * The trigger slot already holds the row's values (the INSERT built
-	 * them); copying them is cheaper than deforming tg_trigtuple again.
-	 */
-	values = palloc(tupdesc->natts * sizeof(Datum));
-	nulls = palloc(tupdesc->natts * sizeof(bool));
-	if (trigdata->tg_trigslot != NULL)
-	{
-		slot_getallattrs(trigdata->tg_trigslot);
-		memcpy(values, trigdata->tg_trigslot->tts_values, tupdesc->natts * sizeof(Datum));
-		memcpy(nulls, trigdata->tg_trigslot->tts_isnull, tupdesc->natts * sizeof(bool));
-	}
-	else
-		heap_deform_tuple(oldtuple, tupdesc, values, nulls);
 
 #define SET(c, v)	(values[map->attno[c]] = (v), nulls[map->attno[c]] = false)
 #define SETNULL(c)	(values[map->attno[c]] = (Datum) 0, nulls[map->attno[c]] = true)
@@ -241,12 +183,79 @@ audit_stamp_row(PG_FUNCTION_ARGS)
 #undef SET
 #undef SETNULL
 
-	newtuple = heap_form_tuple(tupdesc, values, nulls);
-	newtuple->t_self = oldtuple->t_self;
-	newtuple->t_tableOid = oldtuple->t_tableOid;
 	/* Only a row that passed every check here counts as the last event. */
 	last_stamped_id = id;
 	rows_stamped++;
+}
+
+PG_FUNCTION_INFO_V1(audit_stamp_row);
+
+/*
+ * audit_stamp_row
+ *		Trigger function audit.stamp_audit_row(): BEFORE INSERT FOR EACH ROW
+ *		only.  Returns the stamped row; raises on invalid input, so a bad
+ *		event is refused whole and nothing is half-written.
+ */
+Datum
+audit_stamp_row(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	AuditColumnMap colmap;
+	const AuditColumnMap *map = &colmap;
+	HeapTuple	oldtuple;
+	HeapTuple	newtuple;
+	Datum	   *values;
+	bool	   *nulls;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("audit.stamp_audit_row() must be fired BEFORE INSERT FOR EACH ROW"),
+				 errhint("It is installed on audit.audit_log by the extension; do not attach it elsewhere.")));
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	/* A copy: the cached entry may go away at any invalidation below. */
+	colmap = *audit_columns_for_relation(rel);
+	oldtuple = trigdata->tg_trigtuple;
+
+	/*
+	 * A row loaded verbatim (pg_restore or logical replication apply, under
+	 * session_replication_role = replica, which only a superuser can set)
+	 * that arrives stamped keeps its stamp: its hash is already in the chain
+	 * or waits to be sealed.  A row without one is stamped as any other.
+	 */
+	if (audit_loading_verbatim() &&
+		!heap_attisnull(oldtuple, map->attno[AC_ID] + 1, tupdesc) &&
+		!heap_attisnull(oldtuple, map->attno[AC_HASH] + 1, tupdesc) &&
+		!heap_attisnull(oldtuple, map->attno[AC_TRANSACTION_ID] + 1, tupdesc))
+		return PointerGetDatum(oldtuple);
+
+	/*
+	 * The trigger slot already holds the row's values (the INSERT built
+	 * them); copying them is cheaper than deforming tg_trigtuple again.
+	 */
+	values = palloc(tupdesc->natts * sizeof(Datum));
+	nulls = palloc(tupdesc->natts * sizeof(bool));
+	if (trigdata->tg_trigslot != NULL)
+	{
+		slot_getallattrs(trigdata->tg_trigslot);
+		memcpy(values, trigdata->tg_trigslot->tts_values, tupdesc->natts * sizeof(Datum));
+		memcpy(nulls, trigdata->tg_trigslot->tts_isnull, tupdesc->natts * sizeof(bool));
+	}
+	else
+		heap_deform_tuple(oldtuple, tupdesc, values, nulls);
+
+	audit_stamp_values(map, values, nulls);
+
+	newtuple = heap_form_tuple(tupdesc, values, nulls);
+	newtuple->t_self = oldtuple->t_self;
+	newtuple->t_tableOid = oldtuple->t_tableOid;
 	return PointerGetDatum(newtuple);
 }
 

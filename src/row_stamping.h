@@ -15,7 +15,21 @@
 
 #include "fmgr.h"
 
+#include "audit_log_columns.h"
+
 extern Datum audit_stamp_row(PG_FUNCTION_ARGS);
+
+/*
+ * audit_stamp_values
+ *		What the trigger does to a new row, on its values in place: check it
+ *		(raises 23502, 23514, 42501, 22008 or 54000 with a hint), then set
+ *		id, transaction_id, hash_algorithm, salt, commitment, archived_at
+ *		and hash.  map is the column map of the row's relation (a partition
+ *		of audit.audit_log).  New values are allocated in the current memory
+ *		context.  The caller decides that the row is not one loaded verbatim
+ *		(audit_loading_verbatim()), which keeps its stamp.
+ */
+extern void audit_stamp_values(const AuditColumnMap *map, Datum *values, bool *nulls);
 extern Datum audit_last_event_id(PG_FUNCTION_ARGS);
 
 /*

@@ -79,6 +79,7 @@
 #include "sealing.h"
 #include "tenancy.h"
 #include "verification.h"
+#include "worker.h"
 
 int			audit_unsealed_grace = 60;
 
@@ -162,6 +163,7 @@ typedef struct VerifyState
 	int64		horizon;
 	TimestampTz last_sealed_at;
 	bool		has_last_sealed;
+	bool		sealer_stalled;	/* rows may be left unsealed (see read_state) */
 	int64		next_xid;
 	int64		xid_offset;		/* the chain's (restore.h) */
 	bool		restoring;		/* a restore is pending: ids not comparable */
@@ -411,6 +413,24 @@ read_state(VerifyState *vs)
 	vs->horizon = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
 	vs->last_sealed_at = DatumGetTimestampTz(SPI_getbinval(t, d, 4, &isnull));
 	vs->has_last_sealed = !isnull;
+
+	/*
+	 * Is the sealer keeping up?  With the background worker's heartbeat
+	 * (audit_db preloaded, on a primary): its last completed run started
+	 * less than audit_db.unsealed_grace ago, so it sealed every transaction
+	 * finished by then and will seal the rest.  Without one: something was
+	 * sealed in that time.  A long transaction that commits many rows after
+	 * a quiet spell is thus not reported while a worker seals them.
+	 */
+	{
+		TimestampTz run_started;
+		int64		grace = (int64) audit_unsealed_grace * USECS_PER_SEC;
+
+		if (audit_sealer_last_run(MyDatabaseId, &run_started))
+			vs->sealer_stalled = vs->now - run_started > grace;
+		else
+			vs->sealer_stalled = !vs->has_last_sealed || vs->now - vs->last_sealed_at > grace;
+	}
 }
 
 /*
@@ -1146,8 +1166,7 @@ verify_row(VerifyState *vs, Datum *values, bool *nulls, const AuditColumnMap *ma
 		else if (!nulls[map->attno[AC_TIMESTAMP]] &&
 				 vs->now - DatumGetTimestampTz(values[map->attno[AC_TIMESTAMP]]) >
 				 (int64) audit_unsealed_grace * USECS_PER_SEC &&
-				 (!vs->has_last_sealed ||
-				  vs->now - vs->last_sealed_at > (int64) audit_unsealed_grace * USECS_PER_SEC) &&
+				 vs->sealer_stalled &&
 				 TransactionIdPrecedes(XidFromFullTransactionId(FullTransactionIdFromU64((uint64) (xid - vs->xid_offset))),
 									   GetActiveSnapshot()->xmin))
 			report(vs, 0, id, NULL, "unsealed",

@@ -88,8 +88,21 @@ static Oid	worker_role_oid = InvalidOid;
 #define LAUNCHER_NAPTIME_MS		10000
 
 /*
+ * When a database worker last completed a seal run (one that found rows or
+ * found none: either way every transaction finished before it started is
+ * sealed).  audit.verify() reads it to tell a running sealer from a stalled
+ * one; dboid InvalidOid marks a free slot.
+ */
+typedef struct SealerHeartbeat
+{
+	Oid			dboid;
+	TimestampTz run_started;
+} SealerHeartbeat;
+
+/*
  * Shared with every backend: the launcher's latch, so that CREATE EXTENSION
- * can wake it (audit.wake_launcher()) instead of waiting for its next scan.
+ * can wake it (audit.wake_launcher()) instead of waiting for its next scan,
+ * and the database workers' heartbeats.
  */
 typedef struct LauncherShared
 {
@@ -98,7 +111,20 @@ typedef struct LauncherShared
 	bool		rescan;			/* start workers now, ignoring retry delays */
 	Oid			release_db;		/* stop the worker of this database (DROP DATABASE) */
 	pid_t		launcher_pid;	/* the running launcher (0 before the first) */
+	int			nheartbeats;	/* max_worker_processes slots */
+	SealerHeartbeat heartbeats[FLEXIBLE_ARRAY_MEMBER];
 } LauncherShared;
+
+/* This worker's slot in launcher_shared->heartbeats, -1 before its first run. */
+static int	my_heartbeat = -1;
+
+/* The shared struct's size: one heartbeat per possible background worker. */
+static Size
+launcher_shmem_size(void)
+{
+	return add_size(offsetof(LauncherShared, heartbeats),
+					mul_size(sizeof(SealerHeartbeat), max_worker_processes));
+}
 
 static LauncherShared *launcher_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -109,7 +135,7 @@ launcher_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(sizeof(LauncherShared));
+	RequestAddinShmemSpace(launcher_shmem_size());
 }
 
 static void
@@ -120,11 +146,12 @@ launcher_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	launcher_shared = ShmemInitStruct("audit_db launcher", sizeof(LauncherShared), &found);
+	launcher_shared = ShmemInitStruct("audit_db launcher", launcher_shmem_size(), &found);
 	if (!found)
 	{
-		memset(launcher_shared, 0, sizeof(LauncherShared));
+		memset(launcher_shared, 0, launcher_shmem_size());
 		SpinLockInit(&launcher_shared->mutex);
+		launcher_shared->nheartbeats = max_worker_processes;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -658,6 +685,68 @@ maintenance_once(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* on_shmem_exit callback: free this worker's heartbeat slot. */
+static void
+clear_heartbeat(int code, Datum arg)
+{
+	if (launcher_shared == NULL || my_heartbeat < 0)
+		return;
+	SpinLockAcquire(&launcher_shared->mutex);
+	launcher_shared->heartbeats[my_heartbeat].dboid = InvalidOid;
+	SpinLockRelease(&launcher_shared->mutex);
+	my_heartbeat = -1;
+}
+
+/*
+ * note_seal_run
+ *		Publish that a seal run of this database, started at run_started,
+ *		completed.  Takes a free slot on first use (none free: nothing is
+ *		published, and audit.verify() falls back on the chain's last seal).
+ */
+static void
+note_seal_run(TimestampTz run_started)
+{
+	if (launcher_shared == NULL)
+		return;
+	SpinLockAcquire(&launcher_shared->mutex);
+	if (my_heartbeat < 0)
+	{
+		for (int i = 0; i < launcher_shared->nheartbeats; i++)
+		{
+			if (!OidIsValid(launcher_shared->heartbeats[i].dboid))
+			{
+				launcher_shared->heartbeats[i].dboid = MyDatabaseId;
+				my_heartbeat = i;
+				break;
+			}
+		}
+	}
+	if (my_heartbeat >= 0)
+		launcher_shared->heartbeats[my_heartbeat].run_started = run_started;
+	SpinLockRelease(&launcher_shared->mutex);
+}
+
+bool
+audit_sealer_last_run(Oid dboid, TimestampTz *run_started)
+{
+	bool		found = false;
+
+	if (launcher_shared == NULL)
+		return false;
+	SpinLockAcquire(&launcher_shared->mutex);
+	for (int i = 0; i < launcher_shared->nheartbeats; i++)
+	{
+		if (launcher_shared->heartbeats[i].dboid == dboid)
+		{
+			*run_started = launcher_shared->heartbeats[i].run_started;
+			found = true;
+			break;
+		}
+	}
+	SpinLockRelease(&launcher_shared->mutex);
+	return found;
+}
+
 void
 audit_database_worker_main(Datum dboid)
 {
@@ -680,6 +769,7 @@ audit_database_worker_main(Datum dboid)
 		BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(dboid), role, 0);
 	}
 	pgstat_report_appname("audit_db worker");
+	on_shmem_exit(clear_heartbeat, (Datum) 0);
 
 	for (;;)
 	{
@@ -716,11 +806,13 @@ audit_database_worker_main(Datum dboid)
 				backoff_ms = 0;
 				missing_checks = 0;
 				idle_runs = 0;
+				note_seal_run(run_start);
 				break;
 			case SEAL_IDLE:
 				backoff_ms = 0;
 				missing_checks = 0;
 				idle_runs = Min(idle_runs + 1, 10);
+				note_seal_run(run_start);
 				break;
 			case SEAL_FAILED:
 				backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, MAX_BACKOFF_MS);

@@ -10,6 +10,7 @@
 #define AUDIT_WORKER_H
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 
 /* Settings (documented in audit_db.c). */
 extern int	audit_seal_interval_ms;
@@ -31,6 +32,15 @@ extern void audit_worker_register_launcher(void);
  *		other commands that need the database without other connections).
  */
 extern void audit_worker_release_database(Oid dboid);
+
+/*
+ * audit_sealer_last_run
+ *		When the background sealer of database dboid started its last seal
+ *		run that completed: every transaction that had finished by then is
+ *		sealed.  False when unknown (audit_db not preloaded, no worker for
+ *		the database yet, a hot standby).
+ */
+extern bool audit_sealer_last_run(Oid dboid, TimestampTz *run_started);
 
 /* Entry points named in BackgroundWorker.bgw_function_name. */
 extern PGDLLEXPORT void audit_launcher_main(Datum arg);

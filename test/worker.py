@@ -36,6 +36,11 @@ pg_stat_activity every 0.2 s throughout. It asserts:
   6. DROP EXTENSION in NAME_other makes its worker exit (within 15 s);
   7. a database without the extension (NAME_noext) has no lasting worker: no
      worker in it lives 15 s or more (the transient ones are reported);
+  8a. a row whose transaction ran 3 s and committed after more than 3 s
+     without any seal is not reported 'unsealed' by audit.verify() right
+     after COMMIT, with audit_db.unsealed_grace = 2 s: the worker's
+     heartbeat shows the sealer running (the chain's last seal alone would
+     call it stalled); it is sealed within 5 s;
   8. audit.verify() of the test database returns no row at the end.
 The server-wide setting is reset (ALTER SYSTEM RESET audit_db.seal_interval)
 even when a check fails. Runs in about 2 minutes. Connects through the libpq environment (PGHOST, PGPORT, PGUSER,
@@ -393,6 +398,25 @@ def main():
                   "went, the longest seen for %.1f s (limit %d s)"
                   % (noext, age, len(lives), lives[0] if lives else 0, NO_LASTING),
                   "lifetimes %s" % ["%.1f" % x for x in lives])
+
+        # 8a. A long transaction committing after a quiet spell is not 'unsealed'.
+        quiet, _ = wait_until(lambda: conn.execute(
+            "SELECT now() - last_sealed_at > interval '3 s' FROM audit.audit_chain_state").fetchone()[0], 20)
+        long_tx = psycopg.connect(autocommit=False)
+        extra.append(long_tx)
+        rid = long_tx.execute("SELECT audit.log_event(action => 'long_transaction')").fetchone()[0]
+        time.sleep(3.0)
+        long_tx.commit()
+        conn.execute("SET audit_db.unsealed_grace = 2")
+        probs = conn.execute("SELECT * FROM audit.verify()").fetchall()
+        conn.execute("RESET audit_db.unsealed_grace")
+        t_long = time_to_seal(conn, rid, 5)
+        res.check(quiet and not probs and t_long is not None,
+                  "8a: a row committed 3 s after its transaction began, when nothing had been sealed "
+                  "for over 3 s, is not reported 'unsealed' by verify() right after COMMIT with "
+                  "audit_db.unsealed_grace = 2 (the worker's heartbeat shows the sealer running); "
+                  "sealed %.2f s after COMMIT" % (t_long or -1),
+                  "quiet spell: %s; problems: %s" % (quiet, probs[:5]))
 
         # 8. The chain of this database is sound.
         probs = conn.execute("SELECT * FROM audit.verify()").fetchall()
