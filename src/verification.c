@@ -48,6 +48,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -60,6 +61,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -2099,6 +2101,26 @@ audit_verify_sql(PG_FUNCTION_ARGS)
 	 */
 	LockRelationOid(audit_log_relid(false), AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
+
+	/*
+	 * The partition list must include every partition the snapshot sees
+	 * rows of.  Maintenance attaches a month's partition (its rows moved
+	 * out of the default partition) under SHARE UPDATE EXCLUSIVE on the
+	 * parent, which does not conflict with the lock above, and a lock
+	 * already held does not read invalidation messages again: the parent's
+	 * partition descriptor could predate an ATTACH the snapshot sees, and
+	 * the moved rows would be reported missing.  ATTACH holds ACCESS
+	 * EXCLUSIVE on the default partition until its invalidations are sent:
+	 * locking the default partition now waits for one in flight and reads
+	 * the invalidations of every one committed.
+	 */
+	{
+		Oid			default_relid = get_default_partition_oid(audit_log_relid(false));
+
+		if (OidIsValid(default_relid))
+			LockRelationOid(default_relid, AccessShareLock);
+		AcceptInvalidationMessages();
+	}
 	vs.now = GetCurrentTimestamp();
 	vs.xid_offset = audit_chain_xid_offset();
 	vs.next_xid = audit_chain_xid(ReadNextFullTransactionId());

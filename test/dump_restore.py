@@ -181,6 +181,9 @@ def check_target(label, src, digest, expected, tgt_path, tgt_port, dbname, dump,
                         application_name="pg_restore"):
             R.check(sqlstate_of(conn, "SELECT audit.finish_restore()") == "55006",
                     "%s: finish_restore while pg_restore is connected: 55006" % label)
+        # The server ends that backend a moment after the client closed it.
+        wait_for(lambda: q1(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                  " AND application_name = 'pg_restore'") == 0, 10, 0.05)
         R.check(q1(conn, "SELECT count(*) FROM audit.audit_chain_block") == expected["blocks"],
                 "%s: the worker sealed nothing while pending" % label)
 
