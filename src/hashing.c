@@ -1006,16 +1006,8 @@ audit_row_leaf_inputs(StringInfo commit, StringInfo leaf, Datum *values, bool *n
 {
 	static const uint8 zeros[AUDIT_HASH_LEN];
 
-	if (NUL(AC_PERSONAL_DATA_SALT))
-		elog(ERROR, "audit_row_leaf_inputs needs a row with its salt");
 	resetStringInfo(commit);
-	append_byte(commit, AUDIT_COMMIT_PREFIX);
-	put_bytes(commit, AUDIT_COMMIT_DOMAIN, strlen(AUDIT_COMMIT_DOMAIN));
-	put_bytea_datum(commit, VAL(AC_PERSONAL_DATA_SALT), false);
-	put_text_datum_direct(commit, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
-	put_text_datum_direct(commit, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
-	put_text_datum_direct(commit, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
-	put_jsonb_datum(commit, VAL(AC_DETAILS), NUL(AC_DETAILS));
+	audit_encode_commitment_input(commit, values, nulls, map, NULL);
 
 	/* The commitment is the leaf input's last field: filled in later. */
 	resetStringInfo(leaf);
@@ -1067,13 +1059,7 @@ audit_row_leaf_for_verify(Datum *values, bool *nulls, const AuditColumnMap *map,
 	else
 	{
 		resetStringInfo(buf);
-		append_byte(buf, AUDIT_COMMIT_PREFIX);
-		put_bytes(buf, AUDIT_COMMIT_DOMAIN, strlen(AUDIT_COMMIT_DOMAIN));
-		put_bytea_datum(buf, VAL(AC_PERSONAL_DATA_SALT), false);
-		put_text_datum_direct(buf, VAL(AC_PRINCIPAL_ID), NUL(AC_PRINCIPAL_ID));
-		put_text_datum_direct(buf, VAL(AC_TARGET_RESOURCE_ID), NUL(AC_TARGET_RESOURCE_ID));
-		put_text_datum_direct(buf, VAL(AC_OUTCOME_DESCRIPTION), NUL(AC_OUTCOME_DESCRIPTION));
-		put_jsonb_datum(buf, VAL(AC_DETAILS), NUL(AC_DETAILS));
+		audit_encode_commitment_input(buf, values, nulls, map, NULL);
 		audit_sha256(buf->data, buf->len, commitment);
 	}
 
