@@ -49,6 +49,18 @@ SELECT s.height = (SELECT max(height) FROM audit.audit_chain_block) AS state_nam
 FROM audit.audit_chain_state s;
 SELECT rows_sealed, unsealed_rows, seal_lag = interval '0' AS no_lag FROM audit.chain_status;
 
+-- The status reads the unsealed rows through the BRIN index on transaction_id,
+-- never by a sequential scan of the log (that would read every sealed row).
+-- (The transaction's own scan counts: pending counts of earlier ones are
+-- flushed first.)
+SELECT pg_stat_force_next_flush();
+BEGIN;
+SELECT unsealed_rows FROM audit.chain_status;
+SELECT coalesce(sum(t.seq_scan), 0) AS log_seq_scans, sum(t.idx_scan) > 0 AS log_index_scans
+FROM pg_stat_xact_user_tables t JOIN pg_inherits i ON i.inhrelid = t.relid
+WHERE i.inhparent = 'audit.audit_log'::regclass;
+COMMIT;
+
 -- Rows are sealed in (partition, transaction_id, id) order, with their stored hash as leaf.
 SELECT bool_and(ok) AS leaves_are_row_hashes
 FROM (SELECT substring(b.leaves FROM (u.o::int - 1) * 32 + 1 FOR 32) = l.hash AS ok

@@ -16,7 +16,8 @@
  *		audit_db.seal_interval (measured from the start of one run to the
  *		start of the next, so a row waits at most about one interval plus
  *		one run's duration once it is sealable; while runs find nothing the
- *		pause doubles up to one second), and a maintenance run
+ *		pause doubles up to one second, and the first commit that wrote
+ *		audit rows ends such an idle pause at once), and a maintenance run
  *		(maintenance.c) when it starts and every
  *		audit_db.maintenance_interval, and every audit_db.alert_interval
  *		the alert rules (audit.evaluate_alert_rules()) and the reports it
@@ -43,6 +44,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "port/atomics.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
@@ -70,6 +72,7 @@
 #include "audit_db.h"
 #include "maintenance.h"
 #include "restore.h"
+#include "row_stamping.h"
 #include "sealing.h"
 #include "worker.h"
 
@@ -88,15 +91,21 @@ static Oid	worker_role_oid = InvalidOid;
 #define LAUNCHER_NAPTIME_MS		10000
 
 /*
- * When a database worker last completed a seal run (one that found rows or
- * found none: either way every transaction finished before it started is
- * sealed).  audit.verify() reads it to tell a running sealer from a stalled
- * one; dboid InvalidOid marks a free slot.
+ * One database worker as other backends see it.  run_started: when it last
+ * completed a seal run (one that found rows or found none: either way every
+ * transaction finished before it started is sealed); audit.verify() reads it
+ * to tell a running sealer from a stalled one.  sleeping: 1 while it pauses
+ * after a run that found nothing; the first backend that commits audit rows
+ * then swaps it to 0 and sets latch, so the rows are sealed at once rather
+ * than after the idle pause (see audit_sealer_nudge).  dboid InvalidOid
+ * marks a free slot.  dboid, run_started and latch change under the mutex.
  */
 typedef struct SealerHeartbeat
 {
 	Oid			dboid;
 	TimestampTz run_started;
+	Latch	   *latch;
+	pg_atomic_uint32 sleeping;
 } SealerHeartbeat;
 
 /*
@@ -127,6 +136,7 @@ launcher_shmem_size(void)
 }
 
 static LauncherShared *launcher_shared = NULL;
+static void nudge_after_commit(XactEvent event, void *arg);
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -152,6 +162,8 @@ launcher_shmem_startup(void)
 		memset(launcher_shared, 0, launcher_shmem_size());
 		SpinLockInit(&launcher_shared->mutex);
 		launcher_shared->nheartbeats = max_worker_processes;
+		for (int i = 0; i < launcher_shared->nheartbeats; i++)
+			pg_atomic_init_u32(&launcher_shared->heartbeats[i].sleeping, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -180,6 +192,9 @@ audit_worker_register_launcher(void)
 	strlcpy(worker.bgw_name, "audit_db launcher", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "audit_db launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+
+	/* Inherited by every backend the postmaster starts. */
+	RegisterXactCallback(nudge_after_commit, NULL);
 }
 
 /* One database as the launcher tracks it. */
@@ -693,7 +708,9 @@ clear_heartbeat(int code, Datum arg)
 		return;
 	SpinLockAcquire(&launcher_shared->mutex);
 	launcher_shared->heartbeats[my_heartbeat].dboid = InvalidOid;
+	launcher_shared->heartbeats[my_heartbeat].latch = NULL;
 	SpinLockRelease(&launcher_shared->mutex);
+	pg_atomic_write_u32(&launcher_shared->heartbeats[my_heartbeat].sleeping, 0);
 	my_heartbeat = -1;
 }
 
@@ -716,6 +733,8 @@ note_seal_run(TimestampTz run_started)
 			if (!OidIsValid(launcher_shared->heartbeats[i].dboid))
 			{
 				launcher_shared->heartbeats[i].dboid = MyDatabaseId;
+				launcher_shared->heartbeats[i].latch = MyLatch;
+				pg_atomic_write_u32(&launcher_shared->heartbeats[i].sleeping, 0);
 				my_heartbeat = i;
 				break;
 			}
@@ -747,6 +766,72 @@ audit_sealer_last_run(Oid dboid, TimestampTz *run_started)
 	return found;
 }
 
+/* This backend's guess of its database worker's slot (-1: none yet). */
+static int	nudge_slot = -1;
+
+/* audit_rows_stamped() at this backend's last commit. */
+static uint64 rows_at_last_commit = 0;
+
+void
+audit_sealer_nudge(void)
+{
+	SealerHeartbeat *hb;
+	Latch	   *latch = NULL;
+
+	if (launcher_shared == NULL || !OidIsValid(MyDatabaseId))
+		return;
+
+	/*
+	 * Find the slot without the lock (an Oid is read whole); it is checked
+	 * again under the lock before its latch is used.
+	 */
+	if (nudge_slot < 0 || nudge_slot >= launcher_shared->nheartbeats ||
+		launcher_shared->heartbeats[nudge_slot].dboid != MyDatabaseId)
+	{
+		nudge_slot = -1;
+		for (int i = 0; i < launcher_shared->nheartbeats; i++)
+			if (launcher_shared->heartbeats[i].dboid == MyDatabaseId)
+			{
+				nudge_slot = i;
+				break;
+			}
+		if (nudge_slot < 0)
+			return;
+	}
+	hb = &launcher_shared->heartbeats[nudge_slot];
+
+	/* A busy worker (the usual case) costs one shared read. */
+	if (pg_atomic_read_u32(&hb->sleeping) == 0 ||
+		pg_atomic_exchange_u32(&hb->sleeping, 0) == 0)
+		return;
+	SpinLockAcquire(&launcher_shared->mutex);
+	if (hb->dboid == MyDatabaseId)
+		latch = hb->latch;
+	SpinLockRelease(&launcher_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * nudge_after_commit
+ *		Transaction callback of every backend (with the preload): after a
+ *		commit that stamped audit rows, wake the database worker if it is
+ *		in an idle pause.  Never raises.
+ */
+static void
+nudge_after_commit(XactEvent event, void *arg)
+{
+	uint64		stamped;
+
+	if (event != XACT_EVENT_COMMIT)
+		return;
+	stamped = audit_rows_stamped();
+	if (stamped == rows_at_last_commit)
+		return;
+	rows_at_last_commit = stamped;
+	audit_sealer_nudge();
+}
+
 void
 audit_database_worker_main(Datum dboid)
 {
@@ -758,6 +843,7 @@ audit_database_worker_main(Datum dboid)
 	int			backoff_ms = 0;
 	int			missing_checks = 0;
 	int			idle_runs = 0;
+	bool		sleeping;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -870,10 +956,25 @@ audit_database_worker_main(Datum dboid)
 			interval_ms = Max(interval_ms, audit_seal_interval_ms);
 			wait_ms = Max(interval_ms - elapsed_ms, 0);
 		}
+		/*
+		 * After a run that found nothing, say so: the next commit that wrote
+		 * audit rows sets the latch (audit_sealer_nudge), and the next run
+		 * starts then instead of at the end of the idle pause.  Whether that
+		 * is what woke us is told by who cleared the flag.
+		 */
+		sleeping = (outcome == SEAL_IDLE && backoff_ms == 0 && missing_checks == 0 &&
+					my_heartbeat >= 0);
+		if (sleeping)
+			pg_atomic_write_u32(&launcher_shared->heartbeats[my_heartbeat].sleeping, 1);
+
 		/* Even with no time left, poll: that notices postmaster death. */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+
+		if (sleeping &&
+			pg_atomic_exchange_u32(&launcher_shared->heartbeats[my_heartbeat].sleeping, 0) == 0)
+			idle_runs = 0;		/* nudged: rows are coming, pause as a busy worker next */
 	}
 }
 

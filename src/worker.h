@@ -42,6 +42,15 @@ extern void audit_worker_release_database(Oid dboid);
  */
 extern bool audit_sealer_last_run(Oid dboid, TimestampTz *run_started);
 
+/*
+ * audit_sealer_nudge
+ *		Wake this database's worker if it is pausing after a run that found
+ *		nothing, so rows just committed are sealed now.  Called after every
+ *		commit that stamped audit rows (with the preload); cheap when the
+ *		worker is busy; never raises.
+ */
+extern void audit_sealer_nudge(void);
+
 /* Entry points named in BackgroundWorker.bgw_function_name. */
 extern PGDLLEXPORT void audit_launcher_main(Datum arg);
 extern PGDLLEXPORT void audit_database_worker_main(Datum dboid);

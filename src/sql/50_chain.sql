@@ -423,6 +423,11 @@ CREATE FUNCTION audit.chain_status_row(
   OUT holding_back_state text, OUT holding_back_query text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+-- The unsealed rows are read through the BRIN index on transaction_id, as the
+-- sealer reads them: the planner cannot see the horizon, and a sequential
+-- scan (and JIT compiling it) reads the whole log on every call.
+SET enable_seqscan = off
+SET jit = off
 AS $$
   WITH st AS (SELECT * FROM audit.audit_chain_state),
   snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint + st.xid_offset AS xmin FROM st),
