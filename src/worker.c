@@ -17,7 +17,8 @@
  *		start of the next, so a row waits at most about one interval plus
  *		one run's duration once it is sealable; while runs find nothing the
  *		pause doubles up to one second, and the first commit that wrote
- *		audit rows ends such an idle pause at once), and a maintenance run
+ *		audit rows cuts such an idle pause short: the next run starts one
+ *		interval after it), and a maintenance run
  *		(maintenance.c) when it starts and every
  *		audit_db.maintenance_interval, and every audit_db.alert_interval
  *		the alert rules (audit.evaluate_alert_rules()) and the reports it
@@ -96,8 +97,9 @@ static Oid	worker_role_oid = InvalidOid;
  * transaction finished before it started is sealed); audit.verify() reads it
  * to tell a running sealer from a stalled one.  sleeping: 1 while it pauses
  * after a run that found nothing; the first backend that commits audit rows
- * then swaps it to 0 and sets latch, so the rows are sealed at once rather
- * than after the idle pause (see audit_sealer_nudge).  dboid InvalidOid
+ * then swaps it to 0 and sets latch, so the rows are sealed one
+ * audit_db.seal_interval later rather than after the idle pause, which
+ * doubles up to a second (see audit_sealer_nudge).  dboid InvalidOid
  * marks a free slot.  dboid, run_started and latch change under the mutex.
  */
 typedef struct SealerHeartbeat
@@ -972,9 +974,21 @@ audit_database_worker_main(Datum dboid)
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 
+		/*
+		 * Nudged: rows were committed.  Run one audit_db.seal_interval from
+		 * now, as a busy worker would: rows committed meanwhile go into the
+		 * same run, and while an open transaction holds the horizon back
+		 * (every run finds nothing, every commit nudges) the worker probes
+		 * once per interval, not once per commit.
+		 */
 		if (sleeping &&
 			pg_atomic_exchange_u32(&launcher_shared->heartbeats[my_heartbeat].sleeping, 0) == 0)
-			idle_runs = 0;		/* nudged: rows are coming, pause as a busy worker next */
+		{
+			idle_runs = 0;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 audit_seal_interval_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 }
 

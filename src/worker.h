@@ -45,7 +45,8 @@ extern bool audit_sealer_last_run(Oid dboid, TimestampTz *run_started);
 /*
  * audit_sealer_nudge
  *		Wake this database's worker if it is pausing after a run that found
- *		nothing, so rows just committed are sealed now.  Called after every
+ *		nothing, so rows just committed are sealed one audit_db.seal_interval
+ *		from now rather than at the end of the idle pause.  Called after every
  *		commit that stamped audit rows (with the preload); cheap when the
  *		worker is busy; never raises.
  */

@@ -30,9 +30,11 @@ pg_stat_activity every 0.2 s throughout. It asserts:
      about 5 s apart, and some row waits more than 2 s); ALTER SYSTEM RESET +
      reload brings back the 200 ms default (seal runs a median of at most 1 s
      apart, no row waits more than 1.5 s);
-  4b. with the 5 s interval and nothing sealed for 6 s (the worker pauses
-     after runs that found nothing), a committed row is sealed within 2 s,
-     twice: the commit wakes the worker (without that it waits about 4 s);
+  4b. with the default interval, 10 rows each committed 1.2-2 s after the
+     previous one (the worker pauses up to 1 s after runs that found
+     nothing) are each sealed within 0.6 s: the commit wakes the worker,
+     which runs one interval later (without that, a row waits 0.5 s on
+     average and all 10 under 0.6 s has a chance below 1%);
   5. pg_terminate_backend() of the test database's worker: a new worker
      appears (the postmaster restarts it after 5 s: asserted within 80 s, time
      reported), and seals the row inserted meanwhile;
@@ -51,6 +53,7 @@ PGDATABASE) as a superuser; needs Debian's python3-psycopg.
 Last line: "worker: N passed, M failed"; exit status 1 if anything failed.
 """
 import os
+import random
 import statistics
 import sys
 import threading
@@ -341,22 +344,6 @@ def main():
                   "wait up to %.1f s and seal runs are %.1f s apart (median)"
                   % (max(lags) if lags else -1, statistics.median(gaps) if gaps else -1),
                   "unsealed %s" % unsealed)
-        # 4b. A commit ends the worker's idle pause: with nothing to seal for
-        # 6 s (the runs 5 s apart found nothing), a new row is sealed at once,
-        # not at the next run (about 4 s later).
-        idle_waits = []
-        for i in range(2):
-            time.sleep(6)
-            rid, _ = insert_row(conn, "nudge %d" % i)
-            idle_waits.append(time_to_seal(conn, rid, 12))
-        info("4b: seal_interval 5s, idle worker: rows sealed %s s after their commit"
-             % ", ".join("%.2f" % w if w is not None else "never" for w in idle_waits))
-        res.check(all(w is not None and w < 2 for w in idle_waits),
-                  "4b: with audit_db.seal_interval = '5s', a row committed while the worker "
-                  "pauses after runs that found nothing is sealed within 2 s (%s s): the "
-                  "commit wakes the worker"
-                  % ", ".join("%.2f" % w if w is not None else "never" for w in idle_waits),
-                  "the rows waited for the next run")
         conn.execute("ALTER SYSTEM RESET audit_db.seal_interval")
         reload_conf(conn)
         changed_conf = False
@@ -370,6 +357,23 @@ def main():
                   "apart (median)" % (max(lags) if lags else -1,
                                       statistics.median(gaps) if gaps else -1),
                   "unsealed %s" % unsealed)
+
+        # 4b. A commit cuts the worker's idle pause short. After a quiet
+        # spell its runs find nothing and it pauses up to 1 s between them;
+        # a commit that wrote rows wakes it, and it seals one seal_interval
+        # (200 ms) later. Rows committed at random moments of the pause would
+        # otherwise wait up to 1 s (0.5 s on average).
+        idle_waits = []
+        for i in range(10):
+            time.sleep(1.2 + random.random() * 0.8)
+            rid, _ = insert_row(conn, "nudge %d" % i)
+            idle_waits.append(time_to_seal(conn, rid, 5))
+        waits_text = ", ".join("%.2f" % w if w is not None else "never" for w in idle_waits)
+        info("4b: rows committed after 1.2-2 s without rows: sealed %s s later" % waits_text)
+        res.check(all(w is not None for w in idle_waits) and max(idle_waits) < 0.6,
+                  "4b: a row committed while the worker pauses after runs that found nothing is "
+                  "sealed within 0.6 s, 10 times (%s s): the commit wakes the worker" % waits_text,
+                  "the rows waited for the end of the pause")
 
         # 5. pg_terminate_backend(): the launcher starts a new worker.
         old = monitor.pids(db)
