@@ -28,6 +28,17 @@ SELECT partition FROM audit.create_month_partition('2040-05-01 05:00+12');
 SET TimeZone = 'UTC';
 SELECT partition, range_from, range_to FROM audit.partitions WHERE partition = 'audit.audit_log_2040_04'::regclass;
 
+-- A new partition's BRIN index has no summary for the range its inserts go to
+-- (inserts into a summarised range would each rewrite the summary): after a
+-- first row (rolled back: its page stays), the first summarize of range 0
+-- finds it unsummarized and summarises it (1), a second finds nothing to do.
+BEGIN;
+INSERT INTO audit.audit_log ("timestamp", action, status) VALUES ('2040-04-10 12:00+00', 'brin_probe', 'success');
+ROLLBACK;
+SELECT brin_summarize_range(i.indexrelid::regclass, 0) AS first, brin_summarize_range(i.indexrelid::regclass, 0) AS again
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+WHERE i.indrelid = 'audit.audit_log_2040_04'::regclass AND a.amname = 'brin';
+
 -- Decisions come from relpartbound, not names: a renamed partition is still
 -- the one for its month.
 ALTER TABLE audit.audit_log_2040_02 RENAME TO misleading_1999_01;

@@ -23,26 +23,42 @@
  * Decisions are taken from the partitions' real bounds (relpartbound, see
  * partitions.c), never from their names.
  *
+ * A new partition's BRIN index (transaction_id, id) is left without a summary
+ * of the range its inserts go to (leave_tail_unsummarized): CREATE INDEX and
+ * ATTACH summarise the last range even when it is empty, and every insert
+ * into a summarised range whose transaction_id exceeds the summary rewrites
+ * it (a WAL record under an exclusive lock on the index page), which would
+ * be every insert into the first 32 pages of each month.  The sealer
+ * summarises ranges once they are full (sealing.c).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/brin.h"
+#include "access/relation.h"
+#include "access/table.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "audit_db.h"
 #include "immutability.h"
 #include "partition_manager.h"
 #include "partitions.h"
+
+static void leave_tail_unsummarized(Oid relid);
 
 int			audit_premake_months = 6;
 int			audit_maintenance_lock_timeout_ms = 100;
@@ -282,7 +298,42 @@ audit_create_month_partition(TimestampTz at)
 
 	result.relid = get_relname_relid(name, nsp);
 	result.created = true;
+	leave_tail_unsummarized(result.relid);
 	return result;
+}
+
+/*
+ * leave_tail_unsummarized
+ *		Remove the summary of the last block range of every BRIN index of
+ *		the partition relid (created by this transaction), so that inserts
+ *		into that range do not each rewrite it.  Needs the caller to own the
+ *		partition (it just created it).
+ */
+static void
+leave_tail_unsummarized(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		Relation	index = relation_open(indexoid, AccessShareLock);
+		bool		is_brin = index->rd_rel->relam == BRIN_AM_OID;
+		BlockNumber per_range = is_brin ? BrinGetPagesPerRange(index) : 1;
+		BlockNumber tail;
+
+		relation_close(index, AccessShareLock);
+		if (!is_brin)
+			continue;
+		tail = nblocks == 0 ? 0 : (nblocks - 1) - (nblocks - 1) % per_range;
+		(void) DirectFunctionCall2(brin_desummarize_range, ObjectIdGetDatum(indexoid),
+								   Int64GetDatum((int64) tail));
+	}
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
 }
 
 PG_FUNCTION_INFO_V1(audit_create_month_partition_sql);

@@ -1,6 +1,7 @@
 -- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby; auditors read the
 -- tracked tables; the checks of audit.audit_log move from domains into its stamping trigger;
--- a repeated pseudonymization reuses the subject's token or encrypted pseudonym.
+-- a repeated pseudonymization reuses the subject's token or encrypted pseudonym;
+-- new partitions leave their BRIN tail range unsummarised.
 --
 -- pg_dump now keeps every table and sequence whose rows are data (the default
 -- partition, the event id sequence, GDPR keys, mappings and redactions,
@@ -388,5 +389,25 @@ BEGIN
             jsonb_build_object('request_id', req, 'strategy', strategy, 'requested_by', requested_by,
                                'rows_changed', res.rows_changed, 'attestation_root', encode(root, 'hex')));
   RETURN QUERY SELECT p, res.rows_changed;
+END
+$$;
+
+-- New partitions leave the BRIN range their inserts go to unsummarised
+-- (src/partition_manager.c); do the same for the empty ones made by 0.1
+-- (premade months), whose first inserts would otherwise each rewrite it.
+DO $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN SELECT i.indexrelid
+             FROM pg_inherits h
+             JOIN pg_index i ON i.indrelid = h.inhrelid
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_am a ON a.oid = c.relam
+            WHERE h.inhparent = 'audit.audit_log'::regclass AND a.amname = 'brin'
+              AND pg_relation_size(h.inhrelid) = 0
+  LOOP
+    PERFORM brin_desummarize_range(r.indexrelid::regclass, 0);
+  END LOOP;
 END
 $$;
