@@ -45,13 +45,13 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "port/atomics.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "port/atomics.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -961,8 +961,9 @@ audit_database_worker_main(Datum dboid)
 		/*
 		 * After a run that found nothing, say so: the next commit that wrote
 		 * audit rows sets the latch (audit_sealer_nudge), and the next run
-		 * starts then instead of at the end of the idle pause.  Whether that
-		 * is what woke us is told by who cleared the flag.
+		 * starts one interval after it instead of at the end of the idle
+		 * pause.  Whether that is what woke us is told by who cleared the
+		 * flag.
 		 */
 		sleeping = (outcome == SEAL_IDLE && backoff_ms == 0 && missing_checks == 0 &&
 					my_heartbeat >= 0);
