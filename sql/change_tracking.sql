@@ -261,3 +261,26 @@ DELETE FROM audit.organization_access;
 REVOKE ALL ON FUNCTION audit.untrack_table(regclass) FROM regress_ct_app;
 REVOKE ALL ON SCHEMA audit FROM regress_ct_app;
 DROP ROLE regress_ct_app, regress_ct_clinic_a;
+
+-- Every kind of value as JSON: integers and numerics as numbers (NaN and the
+-- infinities, which JSON lacks, as strings), floats and text as strings,
+-- booleans, jsonb nested as JSON (scalars too), dates and times in ISO 8601
+-- (timestamptz in UTC); the keys in jsonb's order.
+CREATE TABLE public.value_kinds (id bigint PRIMARY KEY, s smallint, b bigint, n numeric, f float8, j jsonb,
+                                 ok boolean, d date, ts timestamptz, t text);
+SELECT audit.track_table('public.value_kinds');
+INSERT INTO public.value_kinds VALUES
+  (1, -32768, 9223372036854775807, 1.50, 0.1, '{"z": [1, {"b": null, "a": "x"}], "aa": 2.50}', true,
+   '2026-12-02', '2026-12-02 10:00+02', 'ü'),
+  (2, NULL, -9223372036854775808, 'NaN', 'NaN', '5', false, NULL, NULL, ''),
+  (3, 0, 0, 'Infinity', 'Infinity', '"str"', NULL, NULL, NULL, NULL),
+  (4, 1, 1, '-Infinity', '-Infinity', 'null', NULL, NULL, NULL, NULL),
+  (5, 1, 1, -0.000, 1e300, '[]', NULL, NULL, NULL, NULL);
+UPDATE public.value_kinds SET n = n * 2, j = j || '{"added": true}' WHERE id = 1;
+SELECT a.action, a.target_resource_id, a.details->'old' AS old, a.details->'new' AS new, a.details->'changed' AS changed
+  FROM audit.audit_log a WHERE a.action LIKE 'value_kinds.%' ORDER BY a.id;
+SELECT audit.untrack_table('public.value_kinds');
+DROP TABLE public.value_kinds;
+-- Their leaf hashes (over the canonical text of details) verify.
+SELECT pg_temp.seal_all() AS sealed;
+SELECT count(*) AS problems FROM audit.verify();

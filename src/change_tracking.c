@@ -105,13 +105,15 @@ typedef struct TrackedTable
 	bool		ops[OP_COUNT];
 	bool		full_rows;
 	char	   *table;			/* the tracked table, schema-qualified */
-	char	   *action_prefix;	/* '<table>.' */
-	char	   *classification;
-	char	   *retention;
+	Datum		actions[OP_COUNT];	/* text: '<table>.insert', ... */
+	Datum		table_text;		/* text: the table, for target_resource_type */
+	Datum		classification; /* text */
+	Datum		retention;		/* text */
 	char	   *fixed_org;
 	int			org_col;		/* index into cols, -1: none */
 	int			ncols;
 	TrackedColumn *cols;
+	int		   *json_order;		/* indexes into cols, in jsonb's key order */
 	int			nkeys;
 	int		   *keys;			/* indexes into cols, in key order */
 	Oid			owner;			/* the extension's owner, who writes the events */
@@ -178,6 +180,27 @@ value_kind(Oid type)
 		default:
 			return VK_TEXT;
 	}
+}
+
+/* jsonb's order of object keys: shorter first, then bytewise. */
+static int
+json_key_cmp(const char *a, const char *b)
+{
+	size_t		la = strlen(a);
+	size_t		lb = strlen(b);
+
+	if (la != lb)
+		return la < lb ? -1 : 1;
+	return memcmp(a, b, la);
+}
+
+/* qsort_arg comparator: two indexes into the TrackedColumn array arg. */
+static int
+column_json_cmp(const void *a, const void *b, void *arg)
+{
+	TrackedColumn *cols = (TrackedColumn *) arg;
+
+	return json_key_cmp(cols[*(const int *) a].name, cols[*(const int *) b].name);
 }
 
 /* Whether name is one of the elements of a text[] datum. */
@@ -284,14 +307,17 @@ load(TrackedTable *t, Relation rel)
 					if (!opnulls[k] && strcmp(TextDatumGetCString(ops[k]), op_sql[o]) == 0)
 						t->ops[o] = true;
 			t->full_rows = DatumGetBool(v[3]);
-			t->classification = TextDatumGetCString(v[4]);
-			t->retention = TextDatumGetCString(v[5]);
+			t->classification = datumCopy(v[4], false, -1);
+			t->retention = datumCopy(v[5], false, -1);
 			t->fixed_org = isnull[7] ? NULL : TextDatumGetCString(v[7]);
 			tracked_relid = DatumGetObjectId(v[8]);
 			nsp = get_namespace_name(get_rel_namespace(tracked_relid));
 			relname = get_rel_name(tracked_relid);
 			t->table = psprintf("%s.%s", nsp, relname);
-			t->action_prefix = strcmp(nsp, "public") == 0 ? psprintf("%s.", relname) : psprintf("%s.", t->table);
+			t->table_text = CStringGetTextDatum(t->table);
+			for (int o = 0; o < OP_COUNT; o++)
+				t->actions[o] = CStringGetTextDatum(psprintf("%s.%s", strcmp(nsp, "public") == 0 ? relname : t->table,
+															 op_names[o]));
 
 			t->cols = palloc0(desc->natts * sizeof(TrackedColumn));
 			for (int a = 0; a < desc->natts; a++)
@@ -318,6 +344,10 @@ load(TrackedTable *t, Relation rel)
 					t->org_col = t->ncols;
 				t->ncols++;
 			}
+			t->json_order = palloc(Max(1, t->ncols) * sizeof(int));
+			for (int k = 0; k < t->ncols; k++)
+				t->json_order[k] = k;
+			qsort_arg(t->json_order, t->ncols, sizeof(int), column_json_cmp, t->cols);
 			MemoryContextSwitchTo(old);
 		}
 	}
@@ -404,31 +434,61 @@ value_text(TrackedColumn *c, Datum value)
 	return OutputFunctionCall(&c->output, value);
 }
 
-static void
-push_key(JsonbParseState **st, const char *key)
-{
-	JsonbValue	k;
+/*
+ * The details document is built as a JsonbValue tree and converted once
+ * (JsonbValueToJsonb), not token by token through pushJsonbValue(), which
+ * copies every key and value into its parse state and sorts each object's
+ * keys when it closes.  The keys are added here already in jsonb's storage
+ * order (shorter keys first, then bytewise): the fixed keys are listed in
+ * that order below, a table's column names are sorted once when it is
+ * loaded (TrackedTable.json_order).  The result is byte for byte the jsonb
+ * pushJsonbValue() would build.
+ */
 
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(st, WJB_KEY, &k);
+/* A JSON object with room for npairs keys. */
+static JsonbValue *
+new_object(int npairs)
+{
+	JsonbValue *obj = palloc(sizeof(JsonbValue));
+
+	obj->type = jbvObject;
+	obj->val.object.nPairs = 0;
+	obj->val.object.pairs = palloc(Max(1, npairs) * sizeof(JsonbPair));
+	return obj;
 }
 
-static void
-push_string(JsonbParseState **st, const char *s)
+/*
+ * add_key
+ *		Append key to obj and return its value, for the caller to fill.  Keys
+ *		must come in jsonb's order (json_key_cmp) and be unique.
+ */
+static JsonbValue *
+add_key(JsonbValue *obj, const char *key)
 {
-	JsonbValue	v;
+	JsonbPair  *p = &obj->val.object.pairs[obj->val.object.nPairs];
 
+	p->key.type = jbvString;
+	p->key.val.string.val = (char *) key;
+	p->key.val.string.len = strlen(key);
+	p->order = obj->val.object.nPairs;
+	Assert(obj->val.object.nPairs == 0 ||
+		   json_key_cmp(obj->val.object.pairs[obj->val.object.nPairs - 1].key.val.string.val, key) < 0);
+	obj->val.object.nPairs++;
+	return &p->value;
+}
+
+/* s as a JSON string, NULL as JSON null. */
+static void
+set_string(JsonbValue *v, const char *s)
+{
 	if (s == NULL)
-		v.type = jbvNull;
+		v->type = jbvNull;
 	else
 	{
-		v.type = jbvString;
-		v.val.string.val = (char *) s;
-		v.val.string.len = strlen(s);
+		v->type = jbvString;
+		v->val.string.val = (char *) s;
+		v->val.string.len = strlen(s);
 	}
-	pushJsonbValue(st, WJB_VALUE, &v);
 }
 
 /* prefix followed by the SHA-256 of len bytes of data, in hex (palloc'd). */
@@ -446,68 +506,97 @@ sha256_hex(const char *prefix, const char *data, size_t len)
 	return out;
 }
 
+/*
+ * set_jsonb
+ *		A jsonb column's value, unpacked into a JsonbValue tree (the binary
+ *		form cannot be nested as it is: JsonbValueToJsonb() converts only
+ *		trees).
+ */
+static void
+set_jsonb(JsonbValue *v, Jsonb *jb)
+{
+	JsonbIterator *it;
+	JsonbParseState *st = NULL;
+	JsonbValue	tok;
+	JsonbIteratorToken r;
+	JsonbValue *res = NULL;
+
+	if (JB_ROOT_IS_SCALAR(jb))
+	{
+		(void) JsonbExtractScalar(&jb->root, v);
+		return;
+	}
+	it = JsonbIteratorInit(&jb->root);
+	while ((r = JsonbIteratorNext(&it, &tok, false)) != WJB_DONE)
+		res = pushJsonbValue(&st, r, r < WJB_BEGIN_ARRAY ? &tok : NULL);
+	*v = *res;
+}
+
 /* One column's value as a JSON value. */
 static void
-push_value(JsonbParseState **st, TrackedColumn *c, Datum value, bool isnull)
+set_value(JsonbValue *v, TrackedColumn *c, Datum value, bool isnull)
 {
-	JsonbValue	v;
 	char	   *text;
 
 	if (isnull)
 	{
-		v.type = jbvNull;
-		pushJsonbValue(st, WJB_VALUE, &v);
+		v->type = jbvNull;
 		return;
 	}
 	if (c->hashed)
 	{
 		text = value_text(c, value);
-		push_string(st, sha256_hex("sha256:", text, strlen(text)));
+		set_string(v, sha256_hex("sha256:", text, strlen(text)));
 		return;
 	}
 	switch (c->kind)
 	{
 		case VK_BOOL:
-			v.type = jbvBool;
-			v.val.boolean = DatumGetBool(value);
-			pushJsonbValue(st, WJB_VALUE, &v);
+			v->type = jbvBool;
+			v->val.boolean = DatumGetBool(value);
 			return;
 		case VK_NUMBER:
-			text = value_text(c, value);
-			if (strcmp(text, "NaN") != 0 && strcmp(text, "Infinity") != 0 && strcmp(text, "-Infinity") != 0)
+			v->type = jbvNumeric;
+			switch (c->type)
 			{
-				v.type = jbvNumeric;
-				v.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(text),
-																	ObjectIdGetDatum(InvalidOid),
-																	Int32GetDatum(-1)));
-				pushJsonbValue(st, WJB_VALUE, &v);
-				return;
+				case INT2OID:
+					v->val.numeric = int64_to_numeric(DatumGetInt16(value));
+					return;
+				case INT4OID:
+					v->val.numeric = int64_to_numeric(DatumGetInt32(value));
+					return;
+				case INT8OID:
+					v->val.numeric = int64_to_numeric(DatumGetInt64(value));
+					return;
+				default:
+					/* numeric: NaN and the infinities are not JSON numbers */
+					v->val.numeric = DatumGetNumeric(value);
+					if (numeric_is_nan(v->val.numeric) || numeric_is_inf(v->val.numeric))
+						set_string(v, value_text(c, value));
+					return;
 			}
-			push_string(st, text);
-			return;
 		case VK_JSONB:
-			{
-				Jsonb	   *jb = DatumGetJsonbP(value);
-
-				v.type = jbvBinary;
-				v.val.binary.data = &jb->root;
-				v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-				pushJsonbValue(st, WJB_VALUE, &v);
-				return;
-			}
+			set_jsonb(v, DatumGetJsonbP(value));
+			return;
 		default:
-			push_string(st, value_text(c, value));
+			set_string(v, value_text(c, value));
 			return;
 	}
 }
 
-/* A row (all tracked columns, or those marked in only) as a JSON object. */
-static void
-push_row(JsonbParseState **st, TrackedTable *t, HeapTuple tuple, TupleDesc desc, const bool *only)
+/*
+ * row_object
+ *		A row as a JSON object: its tracked columns (not the excluded ones),
+ *		or only those marked in only.
+ */
+static JsonbValue *
+row_object(TrackedTable *t, HeapTuple tuple, TupleDesc desc, const bool *only)
 {
-	pushJsonbValue(st, WJB_BEGIN_OBJECT, NULL);
-	for (int i = 0; i < t->ncols; i++)
+	JsonbValue *obj = new_object(t->ncols);
+
+	for (int k = 0; k < t->ncols; k++)
 	{
+		int			i = t->json_order[k];
 		TrackedColumn *c = &t->cols[i];
 		bool		isnull;
 		Datum		value;
@@ -515,10 +604,9 @@ push_row(JsonbParseState **st, TrackedTable *t, HeapTuple tuple, TupleDesc desc,
 		if (c->excluded || (only != NULL && !only[i]))
 			continue;
 		value = heap_getattr(tuple, c->attnum, desc, &isnull);
-		push_key(st, c->name);
-		push_value(st, c, value, isnull);
+		set_value(add_key(obj, c->name), c, value, isnull);
 	}
-	pushJsonbValue(st, WJB_END_OBJECT, NULL);
+	return obj;
 }
 
 /*
@@ -579,11 +667,16 @@ row_identity(TrackedTable *t, HeapTuple tuple, TupleDesc desc)
 	return sha256_hex("row:", s.data, s.len);
 }
 
-/* Who made the change, really. */
-static void
-push_actor(JsonbParseState **st)
+/*
+ * actor_object
+ *		Who made the change, really.  Its keys in jsonb's order: client_addr,
+ *		current_user, session_user, transaction_id, application_name.
+ */
+static JsonbValue *
+actor_object(void)
 {
 	const char *app = GetConfigOption("application_name", true, false);
+	JsonbValue *obj = new_object(5);
 
 	/* The client's address does not change during a session: read it once. */
 	if (!client_addr_known)
@@ -599,19 +692,45 @@ push_actor(JsonbParseState **st)
 		client_addr_known = true;
 	}
 
-	push_key(st, "actor");
-	pushJsonbValue(st, WJB_BEGIN_OBJECT, NULL);
-	push_key(st, "session_user");
-	push_string(st, GetUserNameFromId(GetSessionUserId(), false));
-	push_key(st, "current_user");
-	push_string(st, GetUserNameFromId(GetUserId(), false));
-	push_key(st, "application_name");
-	push_string(st, app && app[0] ? app : NULL);
-	push_key(st, "client_addr");
-	push_string(st, client_addr);
-	push_key(st, "transaction_id");
-	push_string(st, psprintf(UINT64_FORMAT, U64FromFullTransactionId(GetTopFullTransactionId())));
-	pushJsonbValue(st, WJB_END_OBJECT, NULL);
+	set_string(add_key(obj, "client_addr"), client_addr);
+	set_string(add_key(obj, "current_user"), GetUserNameFromId(GetUserId(), false));
+	set_string(add_key(obj, "session_user"), GetUserNameFromId(GetSessionUserId(), false));
+	set_string(add_key(obj, "transaction_id"),
+			   psprintf(UINT64_FORMAT, U64FromFullTransactionId(GetTopFullTransactionId())));
+	set_string(add_key(obj, "application_name"), app && app[0] ? app : NULL);
+	return obj;
+}
+
+/*
+ * statement_correlation_id
+ *		'stmt:<pid>.<transaction>.<command>' as text: the correlation id of
+ *		every event of the statement whose triggers are firing.  Kept from
+ *		one row to the next of the same statement.
+ */
+static Datum
+statement_correlation_id(void)
+{
+	static FullTransactionId xid;
+	static CommandId cid = InvalidCommandId;
+	static Datum text = (Datum) 0;
+	FullTransactionId cur_xid = GetTopFullTransactionId();
+	CommandId	cur_cid = audit_event_statement_cid();
+
+	if (text == (Datum) 0 || cur_cid != cid || !FullTransactionIdEquals(cur_xid, xid))
+	{
+		char	   *id = psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
+								  U64FromFullTransactionId(cur_xid), cur_cid);
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		Datum		fresh = CStringGetTextDatum(id);
+
+		MemoryContextSwitchTo(old);
+		if (text != (Datum) 0)
+			pfree(DatumGetPointer(text));
+		text = fresh;
+		xid = cur_xid;
+		cid = cur_cid;
+	}
+	return text;
 }
 
 /*
@@ -634,19 +753,17 @@ write_event(TrackedTable *t, int op, const char *target_id, const char *organiza
 
 	audit_event_values_init(&ev);
 #define SETV(c, v) (ev.values[c] = (v), ev.nulls[c] = false)
-	SETV(AC_ACTION, CStringGetTextDatum(psprintf("%s%s", t->action_prefix, op_names[op])));
+	SETV(AC_ACTION, t->actions[op]);
 	if (principal)
 		SETV(AC_PRINCIPAL_ID, CStringGetTextDatum(principal));
 	if (organization)
 		SETV(AC_ORGANIZATION_ID, CStringGetTextDatum(organization));
-	SETV(AC_TARGET_RESOURCE_TYPE, CStringGetTextDatum(t->table));
+	SETV(AC_TARGET_RESOURCE_TYPE, t->table_text);
 	if (target_id)
 		SETV(AC_TARGET_RESOURCE_ID, CStringGetTextDatum(target_id));
-	SETV(AC_DATA_CLASSIFICATION, CStringGetTextDatum(t->classification));
-	SETV(AC_RETENTION_POLICY, CStringGetTextDatum(t->retention));
-	SETV(AC_CORRELATION_ID, CStringGetTextDatum(psprintf("stmt:%d." UINT64_FORMAT ".%u", MyProcPid,
-														 U64FromFullTransactionId(GetTopFullTransactionId()),
-														 audit_event_statement_cid())));
+	SETV(AC_DATA_CLASSIFICATION, t->classification);
+	SETV(AC_RETENTION_POLICY, t->retention);
+	SETV(AC_CORRELATION_ID, statement_correlation_id());
 	SETV(AC_DETAILS, JsonbPGetDatum(details));
 #undef SETV
 
@@ -680,7 +797,6 @@ audit_record_change(PG_FUNCTION_ARGS)
 	HeapTuple	old_row = NULL;
 	HeapTuple	new_row = NULL;
 	int			op;
-	JsonbParseState *st = NULL;
 	JsonbValue *doc;
 	bool	   *changed = NULL;
 	const char *organization = NULL;
@@ -738,40 +854,27 @@ audit_record_change(PG_FUNCTION_ARGS)
 		}
 	}
 
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	push_key(&st, "operation");
-	push_string(&st, op_names[op]);
-	push_key(&st, "table");
-	push_string(&st, t->table);
-	if (old_row)
-	{
-		push_key(&st, "old");
-		push_row(&st, t, old_row, desc, t->full_rows ? NULL : changed);
-	}
+	/* The keys in jsonb's order: new, old, actor, table, changed, operation. */
+	doc = new_object(6);
 	if (new_row)
-	{
-		push_key(&st, "new");
-		push_row(&st, t, new_row, desc, t->full_rows ? NULL : changed);
-	}
+		*add_key(doc, "new") = *row_object(t, new_row, desc, t->full_rows ? NULL : changed);
+	if (old_row)
+		*add_key(doc, "old") = *row_object(t, old_row, desc, t->full_rows ? NULL : changed);
+	*add_key(doc, "actor") = *actor_object();
+	set_string(add_key(doc, "table"), t->table);
 	if (changed)
 	{
-		JsonbValue	v;
+		JsonbValue *names = add_key(doc, "changed");
 
-		push_key(&st, "changed");
-		pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+		names->type = jbvArray;
+		names->val.array.rawScalar = false;
+		names->val.array.nElems = 0;
+		names->val.array.elems = palloc(Max(1, t->ncols) * sizeof(JsonbValue));
 		for (int i = 0; i < t->ncols; i++)
-		{
-			if (!changed[i] || t->cols[i].excluded)
-				continue;
-			v.type = jbvString;
-			v.val.string.val = t->cols[i].name;
-			v.val.string.len = strlen(t->cols[i].name);
-			pushJsonbValue(&st, WJB_ELEM, &v);
-		}
-		pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+			if (changed[i] && !t->cols[i].excluded)
+				set_string(&names->val.array.elems[names->val.array.nElems++], t->cols[i].name);
 	}
-	push_actor(&st);
-	doc = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	set_string(add_key(doc, "operation"), op_names[op]);
 
 	if (op != OP_TRUNCATE)
 	{

@@ -119,6 +119,20 @@ static AuditStatementMark current_statement = {NULL, InvalidCommandId};
 void
 audit_event_values_init(AuditEventValues *ev)
 {
+	/* The defaults' texts, made once: an event per changed row uses them. */
+	static Datum defaults[5];
+
+	if (defaults[0] == (Datum) 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		defaults[0] = CStringGetTextDatum("success");
+		defaults[1] = CStringGetTextDatum("1.0");
+		defaults[2] = CStringGetTextDatum("INTERNAL");
+		defaults[3] = CStringGetTextDatum("standard");
+		defaults[4] = CStringGetTextDatum(AUDIT_HASH_ALGORITHM);
+		MemoryContextSwitchTo(old);
+	}
 	for (int c = 0; c < AC_NUM_COLUMNS; c++)
 	{
 		ev->values[c] = (Datum) 0;
@@ -126,11 +140,11 @@ audit_event_values_init(AuditEventValues *ev)
 	}
 #define SETDEF(c, v) (ev->values[c] = (v), ev->nulls[c] = false)
 	SETDEF(AC_TIMESTAMP, TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()));
-	SETDEF(AC_STATUS, CStringGetTextDatum("success"));
-	SETDEF(AC_EVENT_VERSION, CStringGetTextDatum("1.0"));
-	SETDEF(AC_DATA_CLASSIFICATION, CStringGetTextDatum("INTERNAL"));
-	SETDEF(AC_RETENTION_POLICY, CStringGetTextDatum("standard"));
-	SETDEF(AC_HASH_ALGORITHM, CStringGetTextDatum(AUDIT_HASH_ALGORITHM));
+	SETDEF(AC_STATUS, defaults[0]);
+	SETDEF(AC_EVENT_VERSION, defaults[1]);
+	SETDEF(AC_DATA_CLASSIFICATION, defaults[2]);
+	SETDEF(AC_RETENTION_POLICY, defaults[3]);
+	SETDEF(AC_HASH_ALGORITHM, defaults[4]);
 #undef SETDEF
 }
 

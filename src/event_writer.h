@@ -40,6 +40,8 @@ typedef struct AuditEventValues
  *		All columns NULL except the defaults of audit.audit_log: the event
  *		time (transaction start, as now()), status 'success', event_version
  *		'1.0', data_classification 'INTERNAL', retention_policy 'standard'.
+ *		The default texts are shared by every call: replace a value, never
+ *		modify or free it.
  */
 extern void audit_event_values_init(AuditEventValues *ev);
 
