@@ -97,6 +97,9 @@ typedef struct EventWriter
 	bool		persistent;		/* opened at top level: kept across statements */
 	int			nleaves;		/* partitions rows went to */
 	Oid			leaves[MAX_LEAVES]; /* the first MAX_LEAVES of them */
+	bool		routed;			/* routed_time went to routed_leaf */
+	TimestampTz routed_time;	/* the last event time routed */
+	ResultRelInfo *routed_leaf;
 	ResultRelInfo *stamp_leaf;	/* the partition stamp_direct is about */
 	bool		stamp_direct;	/* stamp rows of stamp_leaf without the trigger */
 	AuditColumnMap stamp_map;	/* column map of stamp_leaf */
@@ -364,7 +367,21 @@ audit_event_write(const AuditEventValues *ev)
 	}
 	ExecStoreVirtualTuple(slot);
 
-	leaf = ExecFindPartition(w->mtstate, w->root, w->proute, slot, estate);
+	/*
+	 * The events of a transaction share its start time, the partition key:
+	 * route once per time.  The writer's partition descriptor does not change
+	 * while it is open (attaching or detaching a partition invalidates it).
+	 */
+	if (w->routed && !ev->nulls[AC_TIMESTAMP] &&
+		DatumGetTimestampTz(ev->values[AC_TIMESTAMP]) == w->routed_time)
+		leaf = w->routed_leaf;
+	else
+	{
+		leaf = ExecFindPartition(w->mtstate, w->root, w->proute, slot, estate);
+		w->routed = !ev->nulls[AC_TIMESTAMP];
+		w->routed_time = ev->nulls[AC_TIMESTAMP] ? 0 : DatumGetTimestampTz(ev->values[AC_TIMESTAMP]);
+		w->routed_leaf = leaf;
+	}
 #if PG_VERSION_NUM >= 160000
 	map = ExecGetRootToChildMap(leaf, estate);
 #else
