@@ -78,6 +78,27 @@ SELECT count(*) AS archived_left_in_log FROM audit.audit_log WHERE action = 'tn_
 -- Presets: NULL organization is shared (shared_null_rows), others are per organization.
 INSERT INTO audit.audit_preset (name, organization_id) VALUES ('tn_shared', NULL), ('tn_a', 'org_a'), ('tn_b', 'org_b');
 
+-- Alert rules and report schedules of both organizations and of none, and the
+-- configuration changes that recorded them. Tenant A's writer may read them
+-- (an organization role of their own); tenant B's auditor may not.
+INSERT INTO audit.organization_role (organization_id, role_name, permissions) VALUES
+  ('org_a', 'config_reader', '[{"resource": "audit.alert_rules", "action": "read"},
+                               {"resource": "audit.scheduled_reports", "action": "read"},
+                               {"resource": "audit.config_change_event", "action": "read"}]');
+INSERT INTO audit.organization_role_assignment (organization_id, principal_id, role_name) VALUES
+  ('org_a', 'regress_tn_a_writer', 'config_reader');
+INSERT INTO audit.alert_rules (name, rule_type, organization_id, params) VALUES
+  ('tn_rule_a', 'failure_burst', 'org_a', '{"threshold": 5, "window_minutes": 10}'),
+  ('tn_rule_b', 'failure_burst', 'org_b', '{"threshold": 5, "window_minutes": 10}'),
+  ('tn_rule_shared', 'seal_lag', NULL, '{"max_seconds": 300}');
+SELECT audit.schedule_report('tn_report_a', 'phi_access', '0 6 1 * *', organization_id => 'org_a', runner => 'worker') > 0 AS a,
+       audit.schedule_report('tn_report_b', 'phi_access', '0 6 1 * *', organization_id => 'org_b', runner => 'worker') > 0 AS b,
+       audit.schedule_report('tn_report_all', 'phi_access', '0 6 1 * *', runner => 'worker') > 0 AS shared;
+UPDATE audit.alert_rules SET organization_id = 'org_a' WHERE name = 'tn_rule_b';   -- moved, then back:
+UPDATE audit.alert_rules SET organization_id = 'org_b' WHERE name = 'tn_rule_b';   -- each change under the new owner
+SELECT operation, organization_id, coalesce(new_value, old_value)->>'name' AS name
+  FROM audit.config_change_event WHERE coalesce(new_value, old_value)->>'name' LIKE 'tn\_%' ORDER BY change_id;
+
 -- Views over the log made by a superuser: one with the reader's rights
 -- (security_invoker), one with its owner's (a superuser: no policy applies).
 CREATE VIEW public.regress_tn_log_invoker WITH (security_invoker = true) AS
@@ -99,6 +120,12 @@ SELECT action, organization_id, principal_id FROM audit.audit_log WHERE action L
 SELECT count(*) FILTER (WHERE organization_id IS DISTINCT FROM 'org_a') AS other_rows FROM audit.audit_log;
 -- Shared presets and its own, not org_b's.
 SELECT name FROM audit.audit_preset WHERE name LIKE 'tn\_%' ORDER BY name;
+-- Alert rules, report schedules and configuration changes: its own and the
+-- shared ones, not org_b's.
+SELECT name, organization_id FROM audit.alert_rules WHERE name LIKE 'tn\_%' ORDER BY name;
+SELECT name, organization_id FROM audit.scheduled_reports WHERE name LIKE 'tn\_%' ORDER BY name;
+SELECT operation, organization_id, new_value->>'name' AS name
+  FROM audit.config_change_event WHERE new_value->>'name' LIKE 'tn\_%' ORDER BY change_id;
 
 -- Writing: for its own organization (log_event defaults to it), never for
 -- another or for none; UPDATE and DELETE are not granted at all.
@@ -242,6 +269,11 @@ SET SESSION AUTHORIZATION regress_tn_b_auditor;
 SELECT audit.current_organization(), audit.current_principal();
 SELECT action, organization_id FROM audit.audit_log WHERE action LIKE 'tn\_%' ORDER BY id;
 SELECT name FROM audit.audit_preset WHERE name LIKE 'tn\_%' ORDER BY name;
+-- No permission on rules, schedules or configuration changes: the shared ones only.
+SELECT name, organization_id FROM audit.alert_rules WHERE name LIKE 'tn\_%' ORDER BY name;
+SELECT name, organization_id FROM audit.scheduled_reports WHERE name LIKE 'tn\_%' ORDER BY name;
+SELECT operation, organization_id, new_value->>'name' AS name
+  FROM audit.config_change_event WHERE new_value->>'name' LIKE 'tn\_%' ORDER BY change_id;
 INSERT INTO audit.audit_log (action, status, organization_id) VALUES ('tn_b_write', 'success', 'org_b');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS problems FROM audit.verify();
@@ -362,6 +394,9 @@ RESET SESSION AUTHORIZATION;
 SET SESSION AUTHORIZATION regress_tn_platform;
 SELECT audit.current_organization(), organization_id, count(*) FROM audit.audit_log WHERE action LIKE 'tn\_%' GROUP BY 1, 2 ORDER BY 2;
 SELECT audit.has_permission('bob', 'org_b', 'audit.audit_log', 'read') AS platform_inspects_b;
+SELECT organization_id, count(*) FROM audit.alert_rules WHERE name LIKE 'tn\_%' GROUP BY 1 ORDER BY 1;
+SELECT organization_id, count(*) FROM audit.config_change_event
+ WHERE coalesce(new_value, old_value)->>'name' LIKE 'tn\_%' GROUP BY 1 ORDER BY 1;
 RESET SESSION AUTHORIZATION;
 
 ------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 -- src/audit_db.c) and of a policy row (retention policies, erasure
 -- exemptions, alert rules, report templates and schedules): who, when, old,
 -- new, and the reason given in audit_db.change_reason (SET LOCAL it first).
+-- Each change carries the organization of the row it is about; tenants read
+-- their own and those of no organization (src/sql/88_config_changes.sql).
 
 CREATE TABLE audit.error_log (
   error_id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -140,7 +142,10 @@ CREATE TABLE audit.config_change_event (
   scope      text,                        -- for settings: the database or role (ALTER DATABASE / ROLE)
   old_value  jsonb,
   new_value  jsonb,
-  reason     text
+  reason     text,
+  -- the organization of the changed row (the new one, the old one for a
+  -- DELETE); NULL for settings and rows of no organization
+  organization_id varchar(255)
 );
 CREATE INDEX config_change_event_time_idx ON audit.config_change_event (changed_at);
 COMMENT ON TABLE audit.config_change_event IS
@@ -162,11 +167,13 @@ BEGIN
                           = to_jsonb(NEW) - '{last_run_at,next_run_at,last_evaluated_at}'::text[] THEN
     RETURN NULL;
   END IF;
-  INSERT INTO audit.config_change_event (kind, name, operation, scope, old_value, new_value, reason)
+  INSERT INTO audit.config_change_event (kind, name, operation, scope, old_value, new_value, reason,
+                                         organization_id)
   VALUES ('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, NULL,
           CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
           CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
-          audit.change_reason());
+          audit.change_reason(),
+          CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END ->> 'organization_id');
   RETURN NULL;
 END
 $$;

@@ -17,3 +17,9 @@ $$;
 SELECT audit.enable_tenant_isolation('audit.alerts');
 SELECT audit.enable_tenant_isolation('audit.error_log');
 SELECT audit.enable_tenant_isolation('audit.report_executions');
+-- Alert rules, report schedules and the record of their changes carry an
+-- organization too: a tenant reads its own and those of no organization
+-- (system-wide rules and settings), never another tenant's.
+SELECT audit.enable_tenant_isolation('audit.alert_rules', shared_null_rows => true);
+SELECT audit.enable_tenant_isolation('audit.scheduled_reports', shared_null_rows => true);
+SELECT audit.enable_tenant_isolation('audit.config_change_event', shared_null_rows => true);

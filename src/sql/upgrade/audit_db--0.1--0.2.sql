@@ -1,7 +1,8 @@
 -- audit_db 0.1 -> 0.2: dump and restore; health on a hot standby; auditors read the
 -- tracked tables; the checks of audit.audit_log move from domains into its stamping trigger;
 -- a repeated pseudonymization reuses the subject's token or encrypted pseudonym;
--- new partitions leave their BRIN tail range unsummarised.
+-- new partitions leave their BRIN tail range unsummarised; alert rules, report
+-- schedules and configuration changes are tenant-isolated.
 --
 -- pg_dump now keeps every table and sequence whose rows are data (the default
 -- partition, the event id sequence, GDPR keys, mappings and redactions,
@@ -411,3 +412,34 @@ BEGIN
   END LOOP;
 END
 $$;
+
+-- Alert rules, report schedules and the record of configuration changes are
+-- tenant-isolated: a tenant reads its own rows and those of no organization.
+-- A configuration change now carries the organization of the row it is about.
+ALTER TABLE audit.config_change_event ADD COLUMN organization_id varchar(255);
+UPDATE audit.config_change_event
+   SET organization_id = coalesce(new_value, old_value) ->> 'organization_id'
+ WHERE kind = 'table';
+CREATE OR REPLACE FUNCTION audit.log_config_change() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  -- Bookkeeping columns (when a rule or report last ran) are not configuration.
+  IF TG_OP = 'UPDATE' AND to_jsonb(OLD) - '{last_run_at,next_run_at,last_evaluated_at}'::text[]
+                          = to_jsonb(NEW) - '{last_run_at,next_run_at,last_evaluated_at}'::text[] THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO audit.config_change_event (kind, name, operation, scope, old_value, new_value, reason,
+                                         organization_id)
+  VALUES ('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, NULL,
+          CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+          CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+          audit.change_reason(),
+          CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END ->> 'organization_id');
+  RETURN NULL;
+END
+$$;
+SELECT audit.enable_tenant_isolation('audit.alert_rules', shared_null_rows => true);
+SELECT audit.enable_tenant_isolation('audit.scheduled_reports', shared_null_rows => true);
+SELECT audit.enable_tenant_isolation('audit.config_change_event', shared_null_rows => true);
