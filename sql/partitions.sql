@@ -128,16 +128,29 @@ CALL audit.run_maintenance('infinity');
 \echo :LAST_ERROR_SQLSTATE
 
 -- History: a run a crash left 'running' becomes 'interrupted'; records older
--- than audit_db.maintenance_history_days (90) are removed by the next run.
+-- than audit_db.maintenance_history_days (90) are removed by the next run, and
+-- errors older than audit_db.error_log_days (90) leave audit.error_log.
 INSERT INTO audit.maintenance_run (via, as_of, status, started_at)
 VALUES ('worker', '2020-01-01', 'running', '2020-01-01'),
        ('call', '2026-01-01', 'running', now() - interval '1 day');
+INSERT INTO audit.error_log (occurred_at, source, message, error_key)
+VALUES (now() - interval '91 days', 'regress_history', 'old error', 'regress_history:old'),
+       (now() - interval '89 days', 'regress_history', 'recent error', 'regress_history:recent');
 SHOW audit_db.maintenance_history_days;
+SHOW audit_db.error_log_days;
 CALL audit.run_maintenance();
 SELECT count(*) FILTER (WHERE started_at < '2021-01-01') AS old_records,
        count(*) FILTER (WHERE status = 'running') AS still_running,
        count(*) FILTER (WHERE status = 'interrupted') AS interrupted
 FROM audit.maintenance_run;
+SELECT message FROM audit.error_log WHERE source = 'regress_history' ORDER BY error_id;
+-- 0 keeps errors for ever.
+SET audit_db.error_log_days = 0;
+INSERT INTO audit.error_log (occurred_at, source, message, error_key)
+VALUES (now() - interval '10 years', 'regress_history', 'ancient error', 'regress_history:ancient');
+CALL audit.run_maintenance();
+SELECT message FROM audit.error_log WHERE source = 'regress_history' ORDER BY error_id;
+RESET audit_db.error_log_days;
 
 -- Only the owner of audit.audit_log runs maintenance or creates partitions;
 -- the auditor reads what exists and what was done.

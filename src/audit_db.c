@@ -353,6 +353,17 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("audit_db.error_log_days",
+							"Days audit.error_log keeps an error; 0 keeps them for ever.",
+							"Each maintenance run removes older errors (audit.error_aggregation counts what is left).",
+							&audit_error_log_days,
+							90,
+							0,
+							36500,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("audit_db.maintenance_lock_timeout",
 							"Longest wait for a table lock in audit_db maintenance DDL; 0 waits forever.",
 							"A step that times out fails (SQLSTATE 55P03) and the next run retries it.",

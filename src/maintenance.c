@@ -21,7 +21,9 @@
  *	             expired them are removed, one per step;
  *	history      records of runs older than audit_db.maintenance_history_days
  *	             are removed, and runs left 'running' by a crash (no run can
- *	             be running while this one holds the lock) become 'interrupted'.
+ *	             be running while this one holds the lock) become 'interrupted';
+ *	             errors older than audit_db.error_log_days leave
+ *	             audit.error_log.
  *
  * Only one run at a time per database: a run holds a session advisory lock
  * (key AUDIT_MAINTENANCE_LOCK_KEY) and a second caller returns at once.
@@ -68,6 +70,7 @@
 
 int			audit_maintenance_interval_s = 3600;
 int			audit_maintenance_history_days = 90;
+int			audit_error_log_days = 90;
 
 /* Most months drained from the default partition in one run. */
 #define DEFAULT_MONTHS_PER_RUN		120
@@ -423,7 +426,10 @@ run_archive_expiry(MaintenanceRun *run)
 		(void) run_step(run, "archive expiry", step_archive_expire, &plan.ids[i]);
 }
 
-/* Forget old runs; mark the ones a crash left 'running' as interrupted. */
+/*
+ * Forget old runs and old errors; mark the runs a crash left 'running' as
+ * interrupted.
+ */
 static void
 step_history(MaintenanceRun *run, void *arg)
 {
@@ -440,6 +446,12 @@ step_history(MaintenanceRun *run, void *arg)
 							  Int64GetDatum(run->run_id)},
 							  NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "removing old maintenance records failed");
+	if (audit_error_log_days > 0 &&
+		SPI_execute_with_args("DELETE FROM audit.error_log WHERE occurred_at < $1 - pg_catalog.make_interval(days => $2)",
+							  2, (Oid[]) {TIMESTAMPTZOID, INT4OID},
+							  (Datum[]) {TimestampTzGetDatum(run->as_of), Int32GetDatum(audit_error_log_days)},
+							  NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "removing old errors failed");
 }
 
 /* The run's actions as a JSON object (text). */

@@ -25,6 +25,9 @@ extern int	audit_maintenance_interval_s;
 /* audit_db.maintenance_history_days: records of runs older than this are removed; 0 = never. */
 extern int	audit_maintenance_history_days;
 
+/* audit_db.error_log_days: errors older than this leave audit.error_log; 0 = never. */
+extern int	audit_error_log_days;
+
 /* How a run ended. */
 typedef enum AuditMaintenanceOutcome
 {
