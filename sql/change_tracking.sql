@@ -43,6 +43,15 @@ SELECT table_name, operations, excluded_columns, hashed_columns, full_rows, data
 SELECT action, target_resource_type, target_resource_id, details->'operations' AS operations
   FROM audit.audit_log WHERE action LIKE 'change_tracking.%' ORDER BY id;
 
+-- The change events of a tracked table are its trigger's: nobody writes them
+-- by hand, through log_event() or INSERT; other suffixes and the names of
+-- untracked tables stay free.
+SELECT pg_temp.error_of($$SELECT audit.log_event(action => 'patients.update', status => 'success')$$);
+SELECT pg_temp.error_of($$INSERT INTO audit.audit_log (action, status) VALUES ('order_lines.truncate', 'success')$$);
+SELECT audit.log_event(action => 'patients.updated', status => 'success') > 0 AS other_suffix,
+       audit.log_event(action => 'invoices.update', status => 'success') > 0 AS untracked_table,
+       audit.log_event(action => 'public.patients.update', status => 'success') > 0 AS not_its_action_name;
+
 -- The changes.
 CREATE TEMP TABLE mark AS SELECT coalesce(max(id), 0) AS last FROM audit.audit_log;
 INSERT INTO public.patients VALUES
@@ -269,6 +278,7 @@ DROP ROLE regress_ct_app, regress_ct_clinic_a;
 CREATE TABLE public.value_kinds (id bigint PRIMARY KEY, s smallint, b bigint, n numeric, f float8, j jsonb,
                                  ok boolean, d date, ts timestamptz, t text);
 SELECT audit.track_table('public.value_kinds');
+SELECT pg_temp.error_of($$SELECT audit.log_event(action => 'value_kinds.insert', status => 'success')$$);
 INSERT INTO public.value_kinds VALUES
   (1, -32768, 9223372036854775807, 1.50, 0.1, '{"z": [1, {"b": null, "a": "x"}], "aa": 2.50}', true,
    '2026-12-02', '2026-12-02 10:00+02', 'ü'),
@@ -280,6 +290,8 @@ UPDATE public.value_kinds SET n = n * 2, j = j || '{"added": true}' WHERE id = 1
 SELECT a.action, a.target_resource_id, a.details->'old' AS old, a.details->'new' AS new, a.details->'changed' AS changed
   FROM audit.audit_log a WHERE a.action LIKE 'value_kinds.%' ORDER BY a.id;
 SELECT audit.untrack_table('public.value_kinds');
+-- Untracked, its name is free again.
+SELECT audit.log_event(action => 'value_kinds.insert', status => 'success') > 0 AS logged_after_untrack;
 DROP TABLE public.value_kinds;
 -- Their leaf hashes (over the canonical text of details) verify.
 SELECT pg_temp.seal_all() AS sealed;

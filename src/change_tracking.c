@@ -33,6 +33,11 @@
  * matched by name on the row's relation, so partitions of a tracked table
  * (whose column numbers may differ) work too.
  *
+ * The actions of a tracked table are reserved for its trigger: the stamping
+ * asks audit_action_is_tracked_change() about every event whose action ends
+ * in .insert, .update, .delete or .truncate, and refuses those of a table
+ * tracked now unless this file is writing them.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -122,6 +127,20 @@ typedef struct TrackedTable
 
 static HTAB *tracked_cache = NULL;
 static Oid	registry_relid = InvalidOid;
+
+/*
+ * The actions of tracked tables ('<table>.insert', '.update', '.delete',
+ * '.truncate') are the trigger's to write: the stamping refuses them in any
+ * other INSERT (audit_action_is_tracked_change).  The tracked tables' action
+ * prefixes ('<table>.') are loaded once per backend and dropped with the
+ * cache above, and on a schema rename.
+ */
+static bool tracked_event_in_progress = false;
+static bool prefixes_valid = false;
+static MemoryContext prefix_cxt = NULL;
+static int	nprefixes = 0;
+static char **prefixes = NULL;
+static Oid *prefix_relids = NULL;
 static char *client_addr = NULL;	/* the session's client, NULL for a Unix socket */
 static bool client_addr_known = false;
 
@@ -136,6 +155,11 @@ invalidate(Datum arg, Oid relid)
 	HASH_SEQ_STATUS seq;
 	TrackedTable *t;
 
+	for (int i = 0; i < nprefixes && prefixes_valid; i++)
+		if (prefix_relids[i] == relid)
+			prefixes_valid = false;
+	if (!OidIsValid(relid) || relid == registry_relid)
+		prefixes_valid = false;
 	if (tracked_cache == NULL)
 		return;
 	if (!OidIsValid(relid) || relid == registry_relid)
@@ -150,10 +174,139 @@ invalidate(Datum arg, Oid relid)
 		t->valid = false;
 }
 
+/* Syscache callback: a renamed schema renames its tables' actions. */
+static void
+invalidate_namespaces(Datum arg, int cacheid, uint32 hashvalue)
+{
+	prefixes_valid = false;
+}
+
 void
 audit_change_tracking_init(void)
 {
 	CacheRegisterRelcacheCallback(invalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, invalidate_namespaces, (Datum) 0);
+}
+
+/* The action prefix of a table: '<name>.' in schema public, else '<schema>.<name>.'. */
+static char *
+action_prefix(const char *nsp, const char *relname)
+{
+	return strcmp(nsp, "public") == 0 ? psprintf("%s.", relname) : psprintf("%s.%s.", nsp, relname);
+}
+
+/*
+ * registry_read
+ *		Call reader(arg) connected to SPI, with search_path pinned and as
+ *		owner (the extension's owner: audit.tracked_table is not readable by
+ *		every role whose changes or events reach this file).
+ */
+static void
+registry_read(Oid owner, void (*reader) (void *arg), void *arg)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	nestlevel = audit_pin_search_path();
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	PG_TRY();
+	{
+		reader(arg);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	AtEOXact_GUC(true, nestlevel);
+	SPI_finish();
+}
+
+/* registry_read() reader: the action prefixes, into prefix_cxt. */
+static void
+read_action_prefixes(void *arg)
+{
+	MemoryContext old;
+
+	if (SPI_execute("SELECT c.oid, n.nspname::text, c.relname::text FROM audit.tracked_table t"
+					" JOIN pg_catalog.pg_class c ON c.oid = t.table_name"
+					" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "audit_db: reading audit.tracked_table failed");
+	old = MemoryContextSwitchTo(prefix_cxt);
+	prefixes = palloc(Max(1, SPI_processed) * sizeof(char *));
+	prefix_relids = palloc(Max(1, SPI_processed) * sizeof(Oid));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	rd = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		prefix_relids[nprefixes] = DatumGetObjectId(SPI_getbinval(row, rd, 1, &isnull));
+		prefixes[nprefixes] = action_prefix(SPI_getvalue(row, rd, 2), SPI_getvalue(row, rd, 3));
+		nprefixes++;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Load the tracked tables' action prefixes. */
+static void
+load_action_prefixes(void)
+{
+	if (prefix_cxt == NULL)
+		prefix_cxt = AllocSetContextCreate(CacheMemoryContext, "audit_db tracked actions", ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(prefix_cxt);
+	nprefixes = 0;
+	prefixes = NULL;
+	prefix_relids = NULL;
+	registry_relid = audit_tenancy_relid("tracked_table");
+	if (OidIsValid(registry_relid))		/* else the extension is being dropped */
+		registry_read(audit_extension_owner(), read_action_prefixes, NULL);
+}
+
+bool
+audit_action_is_tracked_change(const char *action, int len)
+{
+	int			dot = len - 1;
+	const char *op;
+	int			oplen;
+
+	if (tracked_event_in_progress)
+		return false;
+	while (dot > 0 && action[dot] != '.')
+		dot--;
+	if (dot <= 0)
+		return false;
+	op = action + dot + 1;
+	oplen = len - dot - 1;
+	if (!((oplen == 6 && (memcmp(op, "insert", 6) == 0 || memcmp(op, "update", 6) == 0 ||
+						  memcmp(op, "delete", 6) == 0)) ||
+		  (oplen == 8 && memcmp(op, "truncate", 8) == 0)))
+		return false;
+
+	if (!prefixes_valid)
+	{
+		prefixes_valid = true;	/* an invalidation during the load clears it again */
+		PG_TRY();
+		{
+			load_action_prefixes();
+		}
+		PG_CATCH();
+		{
+			prefixes_valid = false;
+			nprefixes = 0;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	for (int i = 0; i < nprefixes; i++)
+		if ((int) strlen(prefixes[i]) == dot + 1 && memcmp(prefixes[i], action, dot + 1) == 0)
+			return true;
+	return false;
 }
 
 /* The kind of JSON value a column's type becomes. */
@@ -220,6 +373,101 @@ array_has_name(Datum arr, bool isnull, const char *name)
 	return false;
 }
 
+/* What load() hands its registry_read() reader. */
+typedef struct LoadArgs
+{
+	TrackedTable *t;
+	TupleDesc	desc;			/* of the row's relation */
+	Datum		oids;			/* oid[]: the relation, then its ancestors */
+} LoadArgs;
+
+/* registry_read() reader: the options of the nearest registered relation, into t. */
+static void
+read_table_options(void *arg)
+{
+	LoadArgs   *la = (LoadArgs *) arg;
+	TrackedTable *t = la->t;
+	TupleDesc	desc = la->desc;
+	MemoryContext old;
+
+	/* The nearest registered relation: itself, else its closest ancestor. */
+	if (SPI_execute_with_args("SELECT t.operations, audit.column_names(t.table_name, t.excluded_attnums),"
+							  " audit.column_names(t.table_name, t.hashed_attnums), t.full_rows,"
+							  " t.data_classification::text, t.retention_policy::text,"
+							  " (audit.column_names(t.table_name, ARRAY[t.organization_attnum]))[1],"
+							  " t.organization_id::text, t.table_name::oid"
+							  " FROM audit.tracked_table t, unnest($1) WITH ORDINALITY AS r(oid, n)"
+							  " WHERE t.table_name = r.oid ORDER BY r.n LIMIT 1",
+							  1, (Oid[]) {OIDARRAYOID}, &la->oids, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "audit_db: reading audit.tracked_table failed");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	rd = SPI_tuptable->tupdesc;
+		bool		isnull[9];
+		Datum		v[9];
+		Datum	   *ops;
+		bool	   *opnulls;
+		int			nops;
+		Oid			tracked_relid;
+		char	   *nsp;
+		char	   *relname;
+
+		for (int k = 0; k < 9; k++)
+			v[k] = SPI_getbinval(row, rd, k + 1, &isnull[k]);
+		old = MemoryContextSwitchTo(t->cxt);
+		t->tracked = true;
+		memset(t->ops, 0, sizeof(t->ops));
+		deconstruct_array(DatumGetArrayTypeP(v[0]), TEXTOID, -1, false, TYPALIGN_INT, &ops, &opnulls, &nops);
+		for (int k = 0; k < nops; k++)
+			for (int o = 0; o < OP_COUNT; o++)
+				if (!opnulls[k] && strcmp(TextDatumGetCString(ops[k]), op_sql[o]) == 0)
+					t->ops[o] = true;
+		t->full_rows = DatumGetBool(v[3]);
+		t->classification = datumCopy(v[4], false, -1);
+		t->retention = datumCopy(v[5], false, -1);
+		t->fixed_org = isnull[7] ? NULL : TextDatumGetCString(v[7]);
+		tracked_relid = DatumGetObjectId(v[8]);
+		nsp = get_namespace_name(get_rel_namespace(tracked_relid));
+		relname = get_rel_name(tracked_relid);
+		t->table = psprintf("%s.%s", nsp, relname);
+		t->table_text = CStringGetTextDatum(t->table);
+		for (int o = 0; o < OP_COUNT; o++)
+			t->actions[o] = CStringGetTextDatum(psprintf("%s%s", action_prefix(nsp, relname), op_names[o]));
+
+		t->cols = palloc0(desc->natts * sizeof(TrackedColumn));
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+			TrackedColumn *c;
+			Oid			outfn;
+			bool		varlena;
+
+			if (att->attisdropped)
+				continue;
+			c = &t->cols[t->ncols];
+			c->attnum = att->attnum;
+			c->name = pstrdup(NameStr(att->attname));
+			c->excluded = array_has_name(v[1], isnull[1], c->name);
+			c->hashed = array_has_name(v[2], isnull[2], c->name);
+			c->kind = value_kind(att->atttypid);
+			c->type = att->atttypid;
+			c->byval = att->attbyval;
+			c->len = att->attlen;
+			getTypeOutputInfo(att->atttypid, &outfn, &varlena);
+			fmgr_info_cxt(outfn, &c->output, t->cxt);
+			if (!isnull[6] && strcmp(c->name, TextDatumGetCString(v[6])) == 0)
+				t->org_col = t->ncols;
+			t->ncols++;
+		}
+		t->json_order = palloc(Max(1, t->ncols) * sizeof(int));
+		for (int k = 0; k < t->ncols; k++)
+			t->json_order[k] = k;
+		qsort_arg(t->json_order, t->ncols, sizeof(int), column_json_cmp, t->cols);
+		MemoryContextSwitchTo(old);
+	}
+}
+
 /*
  * load
  *		Fill t for the row's relation rel: the registry row of rel or of the
@@ -234,12 +482,7 @@ load(TrackedTable *t, Relation rel)
 	int			noids = 1 + list_length(ancestors);
 	ListCell   *lc;
 	int			i = 0;
-	Datum		arg;
-	Oid			save_userid;
-	int			save_sec;
-	int			nestlevel;
-	MemoryContext old;
-	TupleDesc	desc = RelationGetDescr(rel);
+	LoadArgs	la;
 	Oid			pkidx;
 
 	if (t->cxt == NULL)
@@ -264,100 +507,10 @@ load(TrackedTable *t, Relation rel)
 	oids[i++] = ObjectIdGetDatum(relid);
 	foreach(lc, ancestors)
 		oids[i++] = ObjectIdGetDatum(lfirst_oid(lc));
-	arg = PointerGetDatum(construct_array(oids, noids, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	nestlevel = audit_pin_search_path();
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
-	PG_TRY();
-	{
-		/* The nearest registered relation: itself, else its closest ancestor. */
-		if (SPI_execute_with_args("SELECT t.operations, audit.column_names(t.table_name, t.excluded_attnums),"
-								  " audit.column_names(t.table_name, t.hashed_attnums), t.full_rows,"
-								  " t.data_classification::text, t.retention_policy::text,"
-								  " (audit.column_names(t.table_name, ARRAY[t.organization_attnum]))[1],"
-								  " t.organization_id::text, t.table_name::oid"
-								  " FROM audit.tracked_table t, unnest($1) WITH ORDINALITY AS r(oid, n)"
-								  " WHERE t.table_name = r.oid ORDER BY r.n LIMIT 1",
-								  1, (Oid[]) {OIDARRAYOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "audit_db: reading audit.tracked_table failed");
-		if (SPI_processed == 1)
-		{
-			HeapTuple	row = SPI_tuptable->vals[0];
-			TupleDesc	rd = SPI_tuptable->tupdesc;
-			bool		isnull[9];
-			Datum		v[9];
-			Datum	   *ops;
-			bool	   *opnulls;
-			int			nops;
-			Oid			tracked_relid;
-			char	   *nsp;
-			char	   *relname;
-
-			for (int k = 0; k < 9; k++)
-				v[k] = SPI_getbinval(row, rd, k + 1, &isnull[k]);
-			old = MemoryContextSwitchTo(t->cxt);
-			t->tracked = true;
-			memset(t->ops, 0, sizeof(t->ops));
-			deconstruct_array(DatumGetArrayTypeP(v[0]), TEXTOID, -1, false, TYPALIGN_INT, &ops, &opnulls, &nops);
-			for (int k = 0; k < nops; k++)
-				for (int o = 0; o < OP_COUNT; o++)
-					if (!opnulls[k] && strcmp(TextDatumGetCString(ops[k]), op_sql[o]) == 0)
-						t->ops[o] = true;
-			t->full_rows = DatumGetBool(v[3]);
-			t->classification = datumCopy(v[4], false, -1);
-			t->retention = datumCopy(v[5], false, -1);
-			t->fixed_org = isnull[7] ? NULL : TextDatumGetCString(v[7]);
-			tracked_relid = DatumGetObjectId(v[8]);
-			nsp = get_namespace_name(get_rel_namespace(tracked_relid));
-			relname = get_rel_name(tracked_relid);
-			t->table = psprintf("%s.%s", nsp, relname);
-			t->table_text = CStringGetTextDatum(t->table);
-			for (int o = 0; o < OP_COUNT; o++)
-				t->actions[o] = CStringGetTextDatum(psprintf("%s.%s", strcmp(nsp, "public") == 0 ? relname : t->table,
-															 op_names[o]));
-
-			t->cols = palloc0(desc->natts * sizeof(TrackedColumn));
-			for (int a = 0; a < desc->natts; a++)
-			{
-				Form_pg_attribute att = TupleDescAttr(desc, a);
-				TrackedColumn *c;
-				Oid			outfn;
-				bool		varlena;
-
-				if (att->attisdropped)
-					continue;
-				c = &t->cols[t->ncols];
-				c->attnum = att->attnum;
-				c->name = pstrdup(NameStr(att->attname));
-				c->excluded = array_has_name(v[1], isnull[1], c->name);
-				c->hashed = array_has_name(v[2], isnull[2], c->name);
-				c->kind = value_kind(att->atttypid);
-				c->type = att->atttypid;
-				c->byval = att->attbyval;
-				c->len = att->attlen;
-				getTypeOutputInfo(att->atttypid, &outfn, &varlena);
-				fmgr_info_cxt(outfn, &c->output, t->cxt);
-				if (!isnull[6] && strcmp(c->name, TextDatumGetCString(v[6])) == 0)
-					t->org_col = t->ncols;
-				t->ncols++;
-			}
-			t->json_order = palloc(Max(1, t->ncols) * sizeof(int));
-			for (int k = 0; k < t->ncols; k++)
-				t->json_order[k] = k;
-			qsort_arg(t->json_order, t->ncols, sizeof(int), column_json_cmp, t->cols);
-			MemoryContextSwitchTo(old);
-		}
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec);
-	}
-	PG_END_TRY();
-	AtEOXact_GUC(true, nestlevel);
-	SPI_finish();
+	la.t = t;
+	la.desc = RelationGetDescr(rel);
+	la.oids = PointerGetDatum(construct_array(oids, noids, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+	registry_read(t->owner, read_table_options, &la);
 
 	/* The primary key of the row's relation, in key order. */
 	pkidx = t->tracked ? RelationGetPrimaryKeyIndex(rel) : InvalidOid;
@@ -769,12 +922,14 @@ write_event(TrackedTable *t, int op, const char *target_id, const char *organiza
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(t->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	tracked_event_in_progress = true;
 	PG_TRY();
 	{
 		audit_event_write(&ev);
 	}
 	PG_FINALLY();
 	{
+		tracked_event_in_progress = false;
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_END_TRY();

@@ -13,7 +13,8 @@
  * The table's metadata (options, columns, primary key, output functions)
  * is cached per backend and dropped on any relcache invalidation of the
  * table (DDL) or of audit.tracked_table (options changed): never queried
- * per row.
+ * per row.  Its actions ('<table>.insert', ...) are reserved for it: the
+ * stamping refuses them from anyone else (audit_action_is_tracked_change).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,5 +26,15 @@
  *		Called from _PG_init: registers the cache invalidation callback.
  */
 extern void audit_change_tracking_init(void);
+
+/*
+ * audit_action_is_tracked_change
+ *		Whether action (len bytes, not terminated) is '<table>.insert',
+ *		'.update', '.delete' or '.truncate' of a table tracked now, written
+ *		other than by the tracking trigger: the stamping refuses it, so
+ *		that the change events of a table cannot be forged.  Reads the
+ *		tracked tables once per backend (cached until they change).
+ */
+extern bool audit_action_is_tracked_change(const char *action, int len);
 
 #endif							/* AUDIT_CHANGE_TRACKING_H */

@@ -44,7 +44,9 @@
 
 #include "audit_db.h"
 #include "audit_log_columns.h"
+#include "change_tracking.h"
 #include "hashing.h"
+#include "immutability.h"
 #include "restore.h"
 #include "row_stamping.h"
 #include "tenancy.h"
@@ -126,6 +128,18 @@ audit_stamp_values(const AuditColumnMap *map, Datum *values, bool *nulls)
 							text_to_cstring(action)),
 					 errhint("Actions starting with organization_access., organization_role., organization_role_assignment., "
 							 "tenant_isolation., gdpr., change_tracking. or audit_db. record what audit_db did; choose another name.")));
+		/*
+		 * Nor the change events of a tracked table (rows that maintenance
+		 * moves out of the default partition are stamped again: let them).
+		 */
+		if (audit_action_is_tracked_change(VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)) &&
+			!audit_privileged_change_active())
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("audit event action \"%s\" is reserved for the change tracking of its table",
+							text_to_cstring(action)),
+					 errhint("The changes of a tracked table are logged by its trigger (audit.track_table()); "
+							 "choose another action name.")));
 	}
 	/*
 	 * The table's checks (src/sql/20_audit_log.sql says why they live here):
