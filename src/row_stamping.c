@@ -132,8 +132,8 @@ audit_stamp_values(const AuditColumnMap *map, Datum *values, bool *nulls)
 		 * Nor the change events of a tracked table (rows that maintenance
 		 * moves out of the default partition are stamped again: let them).
 		 */
-		if (audit_action_is_tracked_change(VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)) &&
-			!audit_privileged_change_active())
+		if (!audit_privileged_change_active() &&
+			audit_action_is_tracked_change(VARDATA_ANY(action), VARSIZE_ANY_EXHDR(action)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("audit event action \"%s\" is reserved for the change tracking of its table",
