@@ -132,22 +132,24 @@ static Oid	registry_relid = InvalidOid;
  * The actions of tracked tables ('<table>.insert', '.update', '.delete',
  * '.truncate') are the trigger's to write: the stamping refuses them in any
  * other INSERT (audit_action_is_tracked_change).  The tracked tables' action
- * prefixes ('<table>.') are loaded once per backend and dropped with the
- * cache above, and on a schema rename.
+ * prefixes ('<table>.') are loaded when such an action comes, and dropped on
+ * every relcache invalidation (tracking a table creates its triggers, a
+ * rename or untracking changes a relation: all send one; the registry's own
+ * rows do not) and on a schema rename.  Only actions with those suffixes
+ * written by hand pay for a reload, one query after some DDL or VACUUM.
  */
 static bool tracked_event_in_progress = false;
 static bool prefixes_valid = false;
 static MemoryContext prefix_cxt = NULL;
 static int	nprefixes = 0;
 static char **prefixes = NULL;
-static Oid *prefix_relids = NULL;
 static char *client_addr = NULL;	/* the session's client, NULL for a Unix socket */
 static bool client_addr_known = false;
 
 /*
  * invalidate
  *		Relcache callback: a change of the table, or of the registry (or a
- *		reset), drops what was loaded.
+ *		reset), drops what was loaded; any change drops the action prefixes.
  */
 static void
 invalidate(Datum arg, Oid relid)
@@ -155,11 +157,7 @@ invalidate(Datum arg, Oid relid)
 	HASH_SEQ_STATUS seq;
 	TrackedTable *t;
 
-	for (int i = 0; i < nprefixes && prefixes_valid; i++)
-		if (prefix_relids[i] == relid)
-			prefixes_valid = false;
-	if (!OidIsValid(relid) || relid == registry_relid)
-		prefixes_valid = false;
+	prefixes_valid = false;
 	if (tracked_cache == NULL)
 		return;
 	if (!OidIsValid(relid) || relid == registry_relid)
@@ -232,22 +230,18 @@ read_action_prefixes(void *arg)
 {
 	MemoryContext old;
 
-	if (SPI_execute("SELECT c.oid, n.nspname::text, c.relname::text FROM audit.tracked_table t"
+	if (SPI_execute("SELECT n.nspname::text, c.relname::text FROM audit.tracked_table t"
 					" JOIN pg_catalog.pg_class c ON c.oid = t.table_name"
 					" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "audit_db: reading audit.tracked_table failed");
 	old = MemoryContextSwitchTo(prefix_cxt);
 	prefixes = palloc(Max(1, SPI_processed) * sizeof(char *));
-	prefix_relids = palloc(Max(1, SPI_processed) * sizeof(Oid));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	rd = SPI_tuptable->tupdesc;
-		bool		isnull;
 
-		prefix_relids[nprefixes] = DatumGetObjectId(SPI_getbinval(row, rd, 1, &isnull));
-		prefixes[nprefixes] = action_prefix(SPI_getvalue(row, rd, 2), SPI_getvalue(row, rd, 3));
-		nprefixes++;
+		prefixes[nprefixes++] = action_prefix(SPI_getvalue(row, rd, 1), SPI_getvalue(row, rd, 2));
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -262,7 +256,6 @@ load_action_prefixes(void)
 		MemoryContextReset(prefix_cxt);
 	nprefixes = 0;
 	prefixes = NULL;
-	prefix_relids = NULL;
 	registry_relid = audit_tenancy_relid("tracked_table");
 	if (OidIsValid(registry_relid))		/* else the extension is being dropped */
 		registry_read(audit_extension_owner(), read_action_prefixes, NULL);
