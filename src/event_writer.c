@@ -123,7 +123,7 @@ void
 audit_event_values_init(AuditEventValues *ev)
 {
 	/* The defaults' texts, made once: an event per changed row uses them. */
-	static Datum defaults[5];
+	static Datum defaults[4];
 
 	if (defaults[0] == (Datum) 0)
 	{
@@ -133,7 +133,6 @@ audit_event_values_init(AuditEventValues *ev)
 		defaults[1] = CStringGetTextDatum("1.0");
 		defaults[2] = CStringGetTextDatum("INTERNAL");
 		defaults[3] = CStringGetTextDatum("standard");
-		defaults[4] = CStringGetTextDatum(AUDIT_HASH_ALGORITHM);
 		MemoryContextSwitchTo(old);
 	}
 	for (int c = 0; c < AC_NUM_COLUMNS; c++)
@@ -147,7 +146,7 @@ audit_event_values_init(AuditEventValues *ev)
 	SETDEF(AC_EVENT_VERSION, defaults[1]);
 	SETDEF(AC_DATA_CLASSIFICATION, defaults[2]);
 	SETDEF(AC_RETENTION_POLICY, defaults[3]);
-	SETDEF(AC_HASH_ALGORITHM, defaults[4]);
+	/* hash_algorithm: the stamping sets it (row_stamping.c). */
 #undef SETDEF
 }
 
